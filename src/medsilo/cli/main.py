@@ -1,0 +1,22 @@
+"""The ``medsilo`` command."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from medsilo.cli import datasets
+from medsilo.cli import run as run_commands
+
+# Flower must never install dependencies at run time (it pulls a CUDA torch) or phone home.
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+app = typer.Typer(name="medsilo", no_args_is_help=True, add_completion=False,
+                  help="Federated training across hospitals, with per-site privacy accounting. "
+                       "Exit codes: 0 ok, 1 internal error, 2 bad input, 130 interrupted.")
+app.command()(run_commands.run)
+app.command()(run_commands.demo)
+app.command()(run_commands.report)
+app.add_typer(datasets.app, name="datasets")

@@ -1,0 +1,1 @@
+"""Readers, built-in datasets, partitioners and per-site splits (imports nothing of ours)."""

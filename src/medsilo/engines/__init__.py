@@ -1,0 +1,1 @@
+"""Engines move messages between the Coordinator and the Sites; they hold no algorithm."""

@@ -1,0 +1,1 @@
+"""Federation: typed messages, strategies, the Site and Coordinator round logic."""

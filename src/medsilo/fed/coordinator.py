@@ -1,0 +1,82 @@
+"""``Coordinator``: the round logic the server runs. It picks sites, sends plans,
+aggregates updates with the study's strategy and asks sites to evaluate.
+
+Its whole state (global weights, server optimizer state, rounds completed) is returned by
+:meth:`state_dict` so that a run can be checkpointed and resumed exactly. Site selection
+uses a generator derived from (seed, round), so a resumed run picks the same sites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from medsilo.fed.messages import (
+    EvaluateRequest,
+    Refusal,
+    RoundPlan,
+    TrainConfig,
+    Update,
+    Weights,
+    copy_weights,
+)
+from medsilo.fed.strategies import ServerState, StrategySpec, aggregate
+
+
+class Coordinator:
+    def __init__(self, weights: Weights, strategy: StrategySpec, site_names: Sequence[str],
+                 train_config: TrainConfig, seed: int) -> None:
+        if strategy.min_sites > len(site_names):
+            raise ValueError(f"strategy.min_sites = {strategy.min_sites} but the study has "
+                             f"{len(site_names)} sites")
+        self.weights = copy_weights(weights)
+        self.strategy = strategy
+        self.site_names = tuple(site_names)
+        self.train_config = train_config
+        self.seed = seed
+        self.server_state: ServerState = {}
+        self.rounds_done = 0
+        self.refusals: list[Refusal] = []
+
+    def select(self, round_: int) -> list[str]:
+        """Sites asked to train in ``round_``: ceil(fraction * K), at least min_sites."""
+        k = len(self.site_names)
+        count = min(k, max(self.strategy.min_sites, int(np.ceil(self.strategy.fraction * k))))
+        if count == k:
+            return list(self.site_names)
+        rng = np.random.default_rng([self.seed, 2, round_])
+        chosen = np.sort(rng.choice(k, size=count, replace=False))
+        return [self.site_names[i] for i in chosen]
+
+    def plan(self, round_: int) -> dict[str, RoundPlan]:
+        if round_ != self.rounds_done + 1:
+            raise ValueError(f"round {round_} planned after {self.rounds_done} completed rounds")
+        return {name: RoundPlan(round=round_, weights=self.weights, config=self.train_config)
+                for name in self.select(round_)}
+
+    def aggregate(self, round_: int, replies: Sequence[Update | Refusal]) -> None:
+        updates = [r for r in replies if isinstance(r, Update)]
+        self.refusals += [r for r in replies if isinstance(r, Refusal)]
+        if any(u.round != round_ for u in updates):
+            raise ValueError(f"an update for another round arrived in round {round_}")
+        if len(updates) < self.strategy.min_sites:
+            raise RuntimeError(f"round {round_}: {len(updates)} updates, fewer than "
+                               f"strategy.min_sites = {self.strategy.min_sites}")
+        self.weights, self.server_state = aggregate(self.strategy, self.weights, updates,
+                                                    self.server_state)
+        self.rounds_done = round_
+
+    def evaluate_request(self, split: Literal["val", "test"]) -> EvaluateRequest:
+        return EvaluateRequest(round=self.rounds_done, weights=self.weights, split=split)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"weights": copy_weights(self.weights), "rounds_done": self.rounds_done,
+                "server_state": {k: copy_weights(v) for k, v in self.server_state.items()}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.weights = copy_weights(state["weights"])  # type: ignore[arg-type]
+        self.rounds_done = int(state["rounds_done"])  # type: ignore[call-overload]
+        server: dict[str, Weights] = state["server_state"]  # type: ignore[assignment]
+        self.server_state = {k: copy_weights(v) for k, v in server.items()}

@@ -1,0 +1,75 @@
+"""Local training and evaluation of a torch model on in-memory arrays.
+
+Shared by a ``Site`` and by the local-only and pooled baselines, so that every setting
+trains with exactly the same loop. Randomness (shuffling, dropout) comes only from the
+``seed`` argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medsilo.fed.messages import TrainConfig, Weights
+from medsilo.tasks.metrics import classification_metrics
+
+
+def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_weights(model: nn.Module, weights: Weights) -> None:
+    """Load the given (possibly partial) weights; keys not given keep their value."""
+    state = model.state_dict()
+    for key, value in weights.items():
+        if key not in state:
+            raise KeyError(f"weight '{key}' is not in the model")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(f"weight '{key}': shape {tuple(value.shape)} does not match "
+                             f"the model's {tuple(state[key].shape)}")
+        state[key].copy_(torch.from_numpy(np.asarray(value)))
+
+
+def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
+                seed: int, anchor: Mapping[str, torch.Tensor] | None = None) -> float:
+    """``config.local_epochs`` epochs of mini-batch SGD; returns the mean training loss.
+
+    ``anchor`` is the global model for FedProx's proximal term (ignored when mu = 0).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    params = dict(model.named_parameters())
+    model.train()
+    total, batches = 0.0, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # dropout masks
+        for _ in range(config.local_epochs):
+            order = torch.randperm(len(y), generator=generator)
+            for start in range(0, len(y), config.batch_size):
+                idx = order[start:start + config.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                if config.proximal_mu > 0 and anchor is not None:
+                    prox = sum(((params[k] - a) ** 2).sum() for k, a in anchor.items() if k in params)
+                    loss = loss + 0.5 * config.proximal_mu * prox
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                total += float(loss.detach())
+                batches += 1
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    out = [F.softmax(model(x[i:i + batch_size]).double(), dim=1) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    return classification_metrics(y.numpy(), predict_proba(model, x))

@@ -1,0 +1,1 @@
+"""Run directory, metrics log and the HTML report (reads fed/privacy, never drives them)."""

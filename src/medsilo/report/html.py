@@ -1,0 +1,99 @@
+"""``report.html``: a self-contained page (plots embedded as PNG) from a run directory."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from medsilo.report.rundir import REPORT_FILE, RunDirectory, atomic_write_bytes  # noqa: E402
+from medsilo.report.summary import METRICS, per_site_table, setting_means  # noqa: E402
+
+PLOTTED = ("accuracy", "balanced_accuracy", "auroc", "loss")
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _curves(history: pd.DataFrame) -> list[tuple[str, str]]:
+    if history.empty or "kind" not in history:
+        return []
+    evals = history[(history["kind"] == "eval") & (history["split"] == "val")]
+    if evals.empty:
+        evals = history[(history["kind"] == "eval")]
+    plots = []
+    for metric in PLOTTED:
+        if metric not in evals or evals[metric].isna().all():
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for site, rows in evals.groupby("site", sort=False):
+            ax.plot(rows["round"], rows[metric], marker="o", markersize=3, label=str(site))
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"{metric} ({evals['split'].iloc[0]})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        plots.append((metric, _png(fig)))
+    return plots
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–",
+                         border=0, classes="t")
+
+
+def render(run_dir: RunDirectory) -> str:
+    meta = run_dir.meta
+    per_site = per_site_table(run_dir)
+    history = pd.DataFrame(run_dir.records())
+    wide = per_site.pivot_table(index="site", columns="setting", values="accuracy",
+                                sort=False) if not per_site.empty else pd.DataFrame()
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>medsilo report: {html.escape(str(meta.get('study')))}</title>",
+        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
+        "table.t{border-collapse:collapse;margin:1em 0}table.t td,table.t th{padding:3px 9px;"
+        "border-bottom:1px solid #ddd;text-align:right}.note{color:#555;font-size:90%}</style>",
+        "</head><body>",
+        f"<h1>Study {html.escape(str(meta.get('study')))}</h1>",
+        f"<p>Status <b>{html.escape(str(meta.get('status')))}</b>, "
+        f"{meta.get('rounds_completed')} of {meta.get('rounds')} rounds, seed {meta.get('seed')}, "
+        f"engine {html.escape(str(meta.get('engine')))}, sites: "
+        f"{html.escape(', '.join(meta.get('sites', [])))}.</p>",
+    ]
+    for warning in meta.get("warnings", []):
+        parts.append(f"<p class='note'>Warning: {html.escape(warning)}</p>")
+    parts.append("<h2>Federated vs local-only vs pooled (test split, mean over sites)</h2>")
+    parts.append(_table(setting_means(per_site)))
+    if not wide.empty:
+        parts.append("<h3>Test accuracy per site</h3>")
+        parts.append(_table(wide.reset_index()))
+    parts.append("<p class='note'>The pooled baseline trains one model on all sites' data "
+                 "together. It exists only in simulation: in a real deployment no party can "
+                 "compute it.</p>")
+    parts.append("<h2>Per site and setting (test split)</h2>")
+    parts.append(_table(per_site[["site", "setting", *METRICS]]))
+    for metric, png in _curves(history):
+        parts.append(f"<h3>{metric} over rounds</h3><img alt='{metric}' "
+                     f"src='data:image/png;base64,{png}'>")
+    versions = meta.get("versions", {})
+    parts.append("<h2>Provenance</h2><p class='note'>" + html.escape(
+        ", ".join(f"{k} {v}" for k, v in versions.items())) +
+        f"; created {html.escape(str(meta.get('created')))}; data fingerprint "
+        f"{html.escape(str(meta.get('data_fingerprint', ''))[:16])}.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: RunDirectory) -> None:
+    atomic_write_bytes(run_dir.path / REPORT_FILE, render(run_dir).encode())

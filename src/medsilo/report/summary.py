@@ -1,0 +1,45 @@
+"""Tables read from a run directory."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medsilo.report.rundir import BASELINES_FILE, RunDirectory
+
+SETTINGS = ("federated", "local_only", "pooled")
+METRICS = ("accuracy", "balanced_accuracy", "auroc", "auprc", "f1", "qwk", "brier", "ece", "loss")
+
+
+def per_site_table(run_dir: RunDirectory) -> pd.DataFrame:
+    """Test metrics per (site, setting): the final federated model, local-only, pooled."""
+    rows: list[dict[str, Any]] = []
+    evals = [r for r in run_dir.records() if r.get("kind") == "eval" and r.get("split") == "test"]
+    if evals:
+        last = max(int(r["round"]) for r in evals)
+        for r in evals:
+            if int(r["round"]) == last:
+                rows.append({"site": r["site"], "setting": "federated", "round": last,
+                             "num_samples": r["num_samples"],
+                             **{m: r.get(m, np.nan) for m in METRICS}})
+    path = run_dir.path / BASELINES_FILE
+    if path.exists():
+        baselines = json.loads(path.read_text())
+        for setting in ("local_only", "pooled"):
+            for site, metrics in baselines.get(setting, {}).items():
+                rows.append({"site": site, "setting": setting, "round": None,
+                             **{m: metrics.get(m, np.nan) for m in METRICS}})
+    columns = ["site", "setting", "round", "num_samples", *METRICS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def setting_means(per_site: pd.DataFrame) -> pd.DataFrame:
+    """Unweighted mean over sites per setting (FLamby's protocol: each site counts once)."""
+    if per_site.empty:
+        return pd.DataFrame(columns=["setting", *METRICS])
+    means = per_site.groupby("setting", sort=False)[list(METRICS)].mean()
+    order = [s for s in SETTINGS if s in means.index]
+    return means.loc[order].reset_index()

@@ -1,0 +1,1 @@
+"""Tasks: model factories and metrics."""
