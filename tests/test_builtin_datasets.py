@@ -66,8 +66,7 @@ def test_heart_counts(heart_table: RawTable) -> None:
     assert len(heart_table) == 920
     assert heart_table.class_names == ("negative", "positive")
     assert heart_table.sites is not None
-    assert list(dict.fromkeys(heart_table.sites)) == [
-        "cleveland", "hungary", "switzerland", "va"]
+    assert list(dict.fromkeys(heart_table.sites)) == ["cleveland", "hungary", "switzerland", "va"]
     sizes = Counter(heart_table.sites.tolist())
     assert sizes == {"cleveland": 303, "hungary": 294, "switzerland": 123, "va": 200}
     disease = Counter(heart_table.sites[heart_table.labels == 1].tolist())
@@ -125,7 +124,12 @@ def test_eicu_counts(eicu_table: RawTable) -> None:
     assert eicu_table.class_names == ("Alive", "Expired")
     assert eicu_table.sites is not None and eicu_table.groups is not None
     assert Counter(eicu_table.sites.tolist()) == {
-        "Midwest": 792, "South": 733, "West": 601, "unknown": 209, "Northeast": 157}
+        "Midwest": 792,
+        "South": 733,
+        "West": 601,
+        "unknown": 209,
+        "Northeast": 157,
+    }
     assert len(set(eicu_table.groups.tolist())) == 1820
 
 
@@ -151,8 +155,19 @@ def test_eicu_one_row_per_stay_and_groups_are_patients(eicu_table: RawTable) -> 
 def test_eicu_has_no_outcome_leaking_feature(eicu_table: RawTable) -> None:
     features = set(eicu_table.schema.features)
     assert not features & eicu.LEAKING_COLUMNS
-    leaking_words = ("discharge", "died", "expired", "mortality", "apachescore", "los",
-                     "score", "predicted", "actual", "offset", "status")
+    leaking_words = (
+        "discharge",
+        "died",
+        "expired",
+        "mortality",
+        "apachescore",
+        "los",
+        "score",
+        "predicted",
+        "actual",
+        "offset",
+        "status",
+    )
     for name in features:
         assert not any(w in name.lower() for w in leaking_words), name
 
@@ -177,8 +192,9 @@ def test_eicu_min_stays(eicu_by_hospital: RawTable) -> None:
     assert eicu_by_hospital.sites is not None
     full = Counter(eicu_by_hospital.sites.tolist())
     assert sizes == {s: n for s, n in full.items() if n >= 20}
-    assert len(filtered.frame) == len(filtered.labels) == len(filtered.groups) == sum(
-        sizes.values())
+    assert (
+        len(filtered.frame) == len(filtered.labels) == len(filtered.groups) == sum(sizes.values())
+    )
     _check_table(filtered)
     regions = eicu.load(min_stays=200)  # drops Northeast (157)
     assert regions.sites is not None

@@ -27,8 +27,9 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except MedsiloError as exc:
             for line in str(exc).splitlines():
-                errors.print(f"[bold red]error:[/] {line}", markup=True, highlight=False,
-                             soft_wrap=True)
+                errors.print(
+                    f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True
+                )
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except KeyboardInterrupt:
             errors.print("interrupted; continue with: medsilo run --resume RUN_DIR")

@@ -20,16 +20,33 @@ def list_(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the built-in datasets."""
     items = [builtin.get(n) for n in builtin.names()]
     if as_json:
-        typer.echo(json.dumps([{"name": d.name, "kind": d.kind, "summary": d.summary,
-                                "natural_sites": d.natural_sites, "options": list(d.options)}
-                               for d in items], indent=2))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "name": d.name,
+                        "kind": d.kind,
+                        "summary": d.summary,
+                        "natural_sites": d.natural_sites,
+                        "options": list(d.options),
+                    }
+                    for d in items
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title="Built-in datasets")
     for column in ("name", "kind", "natural sites", "options", "summary"):
         table.add_column(column)
     for d in items:
-        table.add_row(d.name, d.kind, "yes" if d.natural_sites else "no",
-                      ", ".join(d.options) or "-", d.summary)
+        table.add_row(
+            d.name,
+            d.kind,
+            "yes" if d.natural_sites else "no",
+            ", ".join(d.options) or "-",
+            d.summary,
+        )
     console.print(table)
 
 

@@ -13,9 +13,13 @@ from medsilo.cli import run as run_commands
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-app = typer.Typer(name="medsilo", no_args_is_help=True, add_completion=False,
-                  help="Federated training across hospitals, with per-site privacy accounting. "
-                       "Exit codes: 0 ok, 1 internal error, 2 bad input, 130 interrupted.")
+app = typer.Typer(
+    name="medsilo",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Federated training across hospitals, with per-site privacy accounting. "
+    "Exit codes: 0 ok, 1 internal error, 2 bad input, 130 interrupted.",
+)
 app.command()(run_commands.run)
 app.command()(run_commands.demo)
 app.command()(run_commands.report)

@@ -48,16 +48,24 @@ class _Display:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def print_result(result: RunResult, as_json: bool) -> None:
     table = result.per_site
     if as_json:
-        payload = {"run_dir": str(result.run_dir),
-                   "per_site": json.loads(table.to_json(orient="records")),
-                   "mean": json.loads(setting_means(table).to_json(orient="records"))}
+        payload = {
+            "run_dir": str(result.run_dir),
+            "per_site": json.loads(table.to_json(orient="records")),
+            "mean": json.loads(setting_means(table).to_json(orient="records")),
+        }
         typer.echo(json.dumps(payload, indent=2))
         return
     wide = table.pivot_table(index="site", columns="setting", values="accuracy", sort=False)
@@ -114,8 +122,9 @@ def demo(
     """Run the built-in demo: UCI Heart Disease across its 4 real hospitals."""
     source = resources.files("medsilo") / "examples" / "heart.toml"
     with resources.as_file(source) as path, _progress() as progress:
-        result = run_study(path, out or default_out("heart-demo"),
-                           progress=None if as_json else _Display(progress))
+        result = run_study(
+            path, out or default_out("heart-demo"), progress=None if as_json else _Display(progress)
+        )
     print_result(result, as_json)
 
 

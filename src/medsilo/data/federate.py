@@ -69,8 +69,9 @@ def federate(raw: RawDataset, spec: PartitionSpec, seed: int) -> tuple[Federated
     splits = []
     for rows in kept_parts:
         groups = None if raw.groups is None else raw.groups[rows]
-        tr, va, te = stratified_split(raw.labels[rows], spec.val_fraction, spec.test_fraction,
-                                      split_rng, groups)
+        tr, va, te = stratified_split(
+            raw.labels[rows], spec.val_fraction, spec.test_fraction, split_rng, groups
+        )
         splits.append((rows[tr], rows[va], rows[te]))
 
     if isinstance(raw, RawTable):
@@ -78,12 +79,20 @@ def federate(raw: RawDataset, spec: PartitionSpec, seed: int) -> tuple[Federated
     else:
         sites, shape = _image_sites(raw, kept_names, splits, spec)
         features = ()
-    data = FederatedData(sites=tuple(sites), num_classes=len(raw.class_names), input_shape=shape,
-                         class_names=raw.class_names, kind=raw.kind, feature_names=features)
+    data = FederatedData(
+        sites=tuple(sites),
+        num_classes=len(raw.class_names),
+        input_shape=shape,
+        class_names=raw.class_names,
+        kind=raw.kind,
+        feature_names=features,
+    )
     return data, warnings
 
 
-def _partition(raw: RawDataset, spec: PartitionSpec, seed: int) -> tuple[list[str], list[np.ndarray]]:
+def _partition(
+    raw: RawDataset, spec: PartitionSpec, seed: int
+) -> tuple[list[str], list[np.ndarray]]:
     rng = np.random.default_rng([seed, 0])
     if spec.partition == "natural":
         if raw.sites is None:
@@ -115,7 +124,9 @@ def _partition(raw: RawDataset, spec: PartitionSpec, seed: int) -> tuple[list[st
     return [f"site-{i}" for i in range(k)], parts
 
 
-def _site_problem(labels: np.ndarray, spec: PartitionSpec, class_names: tuple[str, ...]) -> str | None:
+def _site_problem(
+    labels: np.ndarray, spec: PartitionSpec, class_names: tuple[str, ...]
+) -> str | None:
     if len(labels) < spec.min_site_rows:
         return f"only {len(labels)} rows (data.min_site_rows = {spec.min_site_rows})"
     present = np.unique(labels)
@@ -127,8 +138,9 @@ def _site_problem(labels: np.ndarray, spec: PartitionSpec, class_names: tuple[st
 Splits = list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _tabular_sites(raw: RawTable, names: list[str], splits: Splits,
-                   spec: PartitionSpec) -> tuple[list[SiteData], tuple[int, ...], tuple[str, ...]]:
+def _tabular_sites(
+    raw: RawTable, names: list[str], splits: Splits, spec: PartitionSpec
+) -> tuple[list[SiteData], tuple[int, ...], tuple[str, ...]]:
     pooled = None
     if spec.preprocessing == "pooled":
         all_train = np.concatenate([tr for tr, _, _ in splits])
@@ -136,28 +148,39 @@ def _tabular_sites(raw: RawTable, names: list[str], splits: Splits,
     sites = []
     for name, (tr, va, te) in zip(names, splits, strict=True):
         prep = pooled or TabularPreprocessor.fit(raw.frame.iloc[tr], raw.schema)
-        sites.append(SiteData(
-            name=name,
-            x_train=prep.transform(raw.frame.iloc[tr]), y_train=raw.labels[tr],
-            x_val=prep.transform(raw.frame.iloc[va]), y_val=raw.labels[va],
-            x_test=prep.transform(raw.frame.iloc[te]), y_test=raw.labels[te],
-        ))
+        sites.append(
+            SiteData(
+                name=name,
+                x_train=prep.transform(raw.frame.iloc[tr]),
+                y_train=raw.labels[tr],
+                x_val=prep.transform(raw.frame.iloc[va]),
+                y_val=raw.labels[va],
+                x_test=prep.transform(raw.frame.iloc[te]),
+                y_test=raw.labels[te],
+            )
+        )
     names_out = TabularPreprocessor.fit(raw.frame.iloc[:1], raw.schema).feature_names()
     return sites, (len(names_out),), names_out
 
 
-def _image_sites(raw: RawImages, names: list[str], splits: Splits,
-                 spec: PartitionSpec) -> tuple[list[SiteData], tuple[int, ...]]:
+def _image_sites(
+    raw: RawImages, names: list[str], splits: Splits, spec: PartitionSpec
+) -> tuple[list[SiteData], tuple[int, ...]]:
     pooled = None
     if spec.preprocessing == "pooled":
         pooled = ImageNormalizer.fit(raw.images[np.concatenate([tr for tr, _, _ in splits])])
     sites = []
     for name, (tr, va, te) in zip(names, splits, strict=True):
         norm = pooled or ImageNormalizer.fit(raw.images[tr])
-        sites.append(SiteData(
-            name=name,
-            x_train=norm.transform(raw.images[tr]), y_train=raw.labels[tr],
-            x_val=norm.transform(raw.images[va]), y_val=raw.labels[va],
-            x_test=norm.transform(raw.images[te]), y_test=raw.labels[te],
-        ))
+        sites.append(
+            SiteData(
+                name=name,
+                x_train=norm.transform(raw.images[tr]),
+                y_train=raw.labels[tr],
+                x_val=norm.transform(raw.images[va]),
+                y_val=raw.labels[va],
+                x_test=norm.transform(raw.images[te]),
+                y_test=raw.labels[te],
+            )
+        )
     return sites, tuple(raw.images.shape[1:])

@@ -48,8 +48,9 @@ def iid(n: int, num_sites: int, rng: np.random.Generator) -> list[np.ndarray]:
     return [np.sort(p) for p in np.array_split(rng.permutation(n), num_sites)]
 
 
-def dirichlet(labels: np.ndarray, num_sites: int, alpha: float, rng: np.random.Generator,
-              min_size: int = 10) -> list[np.ndarray]:
+def dirichlet(
+    labels: np.ndarray, num_sites: int, alpha: float, rng: np.random.Generator, min_size: int = 10
+) -> list[np.ndarray]:
     """Label-skewed split; redraws until every site has at least ``min_size`` rows."""
     if not alpha > 0:
         raise ConfigError(f"data.alpha: must be > 0, got {alpha}")
@@ -72,8 +73,9 @@ def dirichlet(labels: np.ndarray, num_sites: int, alpha: float, rng: np.random.G
     )
 
 
-def quantity_skew(n: int, num_sites: int, alpha: float, rng: np.random.Generator,
-                  min_size: int = 10) -> list[np.ndarray]:
+def quantity_skew(
+    n: int, num_sites: int, alpha: float, rng: np.random.Generator, min_size: int = 10
+) -> list[np.ndarray]:
     """IID rows, site sizes proportional to a Dirichlet(alpha) draw (at least ``min_size``)."""
     if not alpha > 0:
         raise ConfigError(f"data.alpha: must be > 0, got {alpha}")
@@ -86,8 +88,9 @@ def quantity_skew(n: int, num_sites: int, alpha: float, rng: np.random.Generator
     return [np.sort(p) for p in np.split(rng.permutation(n), cuts)]
 
 
-def shards(labels: np.ndarray, num_sites: int, classes_per_site: int,
-           rng: np.random.Generator) -> list[np.ndarray]:
+def shards(
+    labels: np.ndarray, num_sites: int, classes_per_site: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """McMahan et al.'s pathological non-IID split: ``classes_per_site`` shards each."""
     if classes_per_site < 1:
         raise ConfigError(f"data.classes_per_site: must be >= 1, got {classes_per_site}")
@@ -99,5 +102,6 @@ def shards(labels: np.ndarray, num_sites: int, classes_per_site: int,
     order = perm[np.argsort(labels[perm], kind="stable")]
     pieces = np.array_split(order, num_shards)
     owner = rng.permutation(num_shards)
-    return [np.sort(np.concatenate([pieces[k] for k in owner[s::num_sites]]))
-            for s in range(num_sites)]
+    return [
+        np.sort(np.concatenate([pieces[k] for k in owner[s::num_sites]])) for s in range(num_sites)
+    ]

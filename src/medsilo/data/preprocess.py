@@ -98,4 +98,4 @@ class ImageNormalizer:
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         out = (images - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-        return out.astype(np.float32)
+        return np.asarray(out, dtype=np.float32)

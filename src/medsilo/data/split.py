@@ -45,14 +45,12 @@ def stratified_split(
     parts: list[list[np.ndarray]] = [[], [], []]
     for c in np.unique(unit_labels):
         members = rng.permutation(units[unit_labels == c])
-        n_test = int(round(len(members) * test_fraction))
-        n_val = int(round(len(members) * val_fraction))
-        if n_test + n_val >= len(members):  # keep at least one of every class in train
-            n_test, n_val = min(n_test, len(members) - 1), 0
-            n_val = min(n_val, len(members) - 1 - n_test)
+        # Keep at least one row of every class in train: test first, then validation.
+        n_test = min(round(len(members) * test_fraction), len(members) - 1)
+        n_val = min(round(len(members) * val_fraction), len(members) - 1 - n_test)
         parts[2].append(members[:n_test])
-        parts[1].append(members[n_test:n_test + n_val])
-        parts[0].append(members[n_test + n_val:])
+        parts[1].append(members[n_test : n_test + n_val])
+        parts[0].append(members[n_test + n_val :])
     chosen = [np.concatenate(p) for p in parts]
     if groups is not None:
         chosen = [np.flatnonzero(np.isin(unit_of_row, c)) for c in chosen]

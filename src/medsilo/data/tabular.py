@@ -47,11 +47,14 @@ def read_table(source: Path | Mapping[str, Path], schema: TableSchema) -> RawTab
         if not frames:
             raise DataError("no site files were given")
         raw = pd.concat(frames, ignore_index=True)
-        return _to_raw(raw, schema, source_name=", ".join(str(p) for p in source.values()),
-                       site_column="__site__")
+        return _to_raw(
+            raw,
+            schema,
+            source_name=", ".join(str(p) for p in source.values()),
+            site_column="__site__",
+        )
     path = Path(source)
-    return _to_raw(_read_file(path, schema), schema, source_name=str(path),
-                   site_column=schema.site)
+    return _to_raw(_read_file(path, schema), schema, source_name=str(path), site_column=schema.site)
 
 
 def _read_file(path: Path, schema: TableSchema) -> pd.DataFrame:
@@ -108,7 +111,7 @@ def _numeric(frame: pd.DataFrame, column: str, spec: FeatureSpec, na: set[str]) 
             f"declare the column categorical or mark the value as missing "
             f"(missing_values = [...]) in the schema"
         )
-    out = values.to_numpy(dtype=np.float64)
+    out: np.ndarray = np.array(values.to_numpy(dtype=np.float64))
     inf = np.isinf(out)
     if inf.any():
         i = int(np.flatnonzero(inf)[0])
@@ -130,7 +133,9 @@ def _canonical(value: str) -> str:
     return value
 
 
-def _categorical(frame: pd.DataFrame, column: str, spec: FeatureSpec, na: set[str]) -> list[str | None]:
+def _categorical(
+    frame: pd.DataFrame, column: str, spec: FeatureSpec, na: set[str]
+) -> list[str | None]:
     out: list[str | None] = []
     allowed = set(spec.categories) if spec.categories is not None else None
     for i, raw in enumerate(frame[column].astype(str).str.strip()):
@@ -147,11 +152,12 @@ def _categorical(frame: pd.DataFrame, column: str, spec: FeatureSpec, na: set[st
     return out
 
 
-def _to_raw(frame: pd.DataFrame, schema: TableSchema, source_name: str,
-            site_column: str | None) -> RawTable:
+def _to_raw(
+    frame: pd.DataFrame, schema: TableSchema, source_name: str, site_column: str | None
+) -> RawTable:
     frame = frame.reset_index(drop=True)
     na = set(schema.na_values)
-    features: dict[str, object] = {}
+    features: dict[str, np.ndarray | list[str | None]] = {}
     for column, spec in schema.features.items():
         if spec.type == "numeric":
             features[column] = _numeric(frame, column, spec, na)
@@ -171,21 +177,37 @@ def _to_raw(frame: pd.DataFrame, schema: TableSchema, source_name: str,
     if schema.group is not None:
         groups = frame[schema.group].astype(str).to_numpy(dtype=object)
     declared = {
-        name: spec if spec.type == "numeric" or spec.categories is not None
-        else spec.model_copy(update={"categories": tuple(sorted(
-            {v for v in features[name] if v is not None}))})  # type: ignore[union-attr]
+        name: spec
+        if spec.type == "numeric" or spec.categories is not None
+        else spec.model_copy(
+            update={"categories": tuple(sorted({str(v) for v in features[name] if v is not None}))}
+        )
         for name, spec in schema.features.items()
     }
-    resolved = schema.model_copy(update={"features": declared, "classes": class_names
-                                         if schema.positive is None else None})
-    frame_out = pd.DataFrame({name: pd.Series(values, dtype=np.float64 if
-                                              schema.features[name].type == "numeric" else object)
-                              for name, values in features.items()})
-    return RawTable(frame=frame_out, labels=labels, class_names=class_names,
-                    schema=resolved, sites=sites, groups=groups)
+    resolved = schema.model_copy(
+        update={"features": declared, "classes": class_names if schema.positive is None else None}
+    )
+    frame_out = pd.DataFrame(
+        {
+            name: pd.Series(
+                values, dtype=np.float64 if schema.features[name].type == "numeric" else object
+            )
+            for name, values in features.items()
+        }
+    )
+    return RawTable(
+        frame=frame_out,
+        labels=labels,
+        class_names=class_names,
+        schema=resolved,
+        sites=sites,
+        groups=groups,
+    )
 
 
-def _labels(frame: pd.DataFrame, schema: TableSchema, na: set[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+def _labels(
+    frame: pd.DataFrame, schema: TableSchema, na: set[str]
+) -> tuple[np.ndarray, tuple[str, ...]]:
     text = frame[schema.label].astype(str).str.strip()
     missing = np.flatnonzero(text.isin(na).to_numpy())
     if len(missing):
@@ -197,7 +219,10 @@ def _labels(frame: pd.DataFrame, schema: TableSchema, na: set[str]) -> tuple[np.
     values = [_canonical(v) for v in text]
     if schema.positive is not None:
         positive = {_canonical(p) for p in schema.positive}
-        return np.array([int(v in positive) for v in values], dtype=np.int64), ("negative", "positive")
+        return np.array([int(v in positive) for v in values], dtype=np.int64), (
+            "negative",
+            "positive",
+        )
     if schema.classes is not None:
         index = {_canonical(c): k for k, c in enumerate(schema.classes)}
         for i, v in enumerate(values):

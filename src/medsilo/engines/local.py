@@ -27,11 +27,16 @@ class LocalEngine:
 
     name = "local"
 
-    def run(self, coordinator: Coordinator, sites: Mapping[str, Site], rounds: int,
-            on_round: Callable[[RoundResult], None] | None = None,
-            on_site: Callable[[int, str], None] | None = None,
-            evaluate_every: int = 1,
-            splits: Sequence[Literal["val", "test"]] = ("val", "test")) -> None:
+    def run(
+        self,
+        coordinator: Coordinator,
+        sites: Mapping[str, Site],
+        rounds: int,
+        on_round: Callable[[RoundResult], None] | None = None,
+        on_site: Callable[[int, str], None] | None = None,
+        evaluate_every: int = 1,
+        splits: Sequence[Literal["val", "test"]] = ("val", "test"),
+    ) -> None:
         """Run rounds ``coordinator.rounds_done + 1 .. rounds``; call ``on_round`` after each
         (the run directory checkpoints there) and ``on_site`` after each site's reply
         (for progress displays). ``evaluate_every = 0`` evaluates only the

@@ -23,20 +23,27 @@ from medsilo.fed.training import evaluate, train_local
 
 
 def _tensors(x: object, y: object) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(x), torch.from_numpy(y)  # type: ignore[arg-type]
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def local_only(site: SiteData, index: int, model_factory: Callable[[], nn.Module],
-               config: TrainConfig, seed: int) -> dict[str, float]:
+def local_only(
+    site: SiteData,
+    index: int,
+    model_factory: Callable[[], nn.Module],
+    config: TrainConfig,
+    seed: int,
+) -> dict[str, float]:
     """Train on this site alone; test metrics on its own test split."""
     model = model_factory()
-    train_local(model, *_tensors(site.x_train, site.y_train), config,
-                seed=derive_seed(seed, 3, index))
+    train_local(
+        model, *_tensors(site.x_train, site.y_train), config, seed=derive_seed(seed, 3, index)
+    )
     return evaluate(model, *_tensors(site.x_test, site.y_test))
 
 
-def pooled(data: FederatedData, model_factory: Callable[[], nn.Module], config: TrainConfig,
-           seed: int) -> dict[str, dict[str, float]]:
+def pooled(
+    data: FederatedData, model_factory: Callable[[], nn.Module], config: TrainConfig, seed: int
+) -> dict[str, dict[str, float]]:
     """Train on all training splits pooled; test metrics per site."""
     x = torch.cat([torch.from_numpy(s.x_train) for s in data.sites])
     y = torch.cat([torch.from_numpy(s.y_train) for s in data.sites])

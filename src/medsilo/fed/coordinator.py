@@ -26,11 +26,19 @@ from medsilo.fed.strategies import ServerState, StrategySpec, aggregate
 
 
 class Coordinator:
-    def __init__(self, weights: Weights, strategy: StrategySpec, site_names: Sequence[str],
-                 train_config: TrainConfig, seed: int) -> None:
+    def __init__(
+        self,
+        weights: Weights,
+        strategy: StrategySpec,
+        site_names: Sequence[str],
+        train_config: TrainConfig,
+        seed: int,
+    ) -> None:
         if strategy.min_sites > len(site_names):
-            raise ValueError(f"strategy.min_sites = {strategy.min_sites} but the study has "
-                             f"{len(site_names)} sites")
+            raise ValueError(
+                f"strategy.min_sites = {strategy.min_sites} but the study has "
+                f"{len(site_names)} sites"
+            )
         self.weights = copy_weights(weights)
         self.strategy = strategy
         self.site_names = tuple(site_names)
@@ -53,8 +61,10 @@ class Coordinator:
     def plan(self, round_: int) -> dict[str, RoundPlan]:
         if round_ != self.rounds_done + 1:
             raise ValueError(f"round {round_} planned after {self.rounds_done} completed rounds")
-        return {name: RoundPlan(round=round_, weights=self.weights, config=self.train_config)
-                for name in self.select(round_)}
+        return {
+            name: RoundPlan(round=round_, weights=self.weights, config=self.train_config)
+            for name in self.select(round_)
+        }
 
     def aggregate(self, round_: int, replies: Sequence[Update | Refusal]) -> None:
         updates = [r for r in replies if isinstance(r, Update)]
@@ -62,18 +72,24 @@ class Coordinator:
         if any(u.round != round_ for u in updates):
             raise ValueError(f"an update for another round arrived in round {round_}")
         if len(updates) < self.strategy.min_sites:
-            raise RuntimeError(f"round {round_}: {len(updates)} updates, fewer than "
-                               f"strategy.min_sites = {self.strategy.min_sites}")
-        self.weights, self.server_state = aggregate(self.strategy, self.weights, updates,
-                                                    self.server_state)
+            raise RuntimeError(
+                f"round {round_}: {len(updates)} updates, fewer than "
+                f"strategy.min_sites = {self.strategy.min_sites}"
+            )
+        self.weights, self.server_state = aggregate(
+            self.strategy, self.weights, updates, self.server_state
+        )
         self.rounds_done = round_
 
     def evaluate_request(self, split: Literal["val", "test"]) -> EvaluateRequest:
         return EvaluateRequest(round=self.rounds_done, weights=self.weights, split=split)
 
     def state_dict(self) -> dict[str, object]:
-        return {"weights": copy_weights(self.weights), "rounds_done": self.rounds_done,
-                "server_state": {k: copy_weights(v) for k, v in self.server_state.items()}}
+        return {
+            "weights": copy_weights(self.weights),
+            "rounds_done": self.rounds_done,
+            "server_state": {k: copy_weights(v) for k, v in self.server_state.items()},
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.weights = copy_weights(state["weights"])  # type: ignore[arg-type]

@@ -26,8 +26,14 @@ def derive_seed(*parts: int) -> int:
 class Site:
     """One hospital's participant in a study."""
 
-    def __init__(self, index: int, data: SiteData, model_factory: Callable[[], nn.Module],
-                 local_keys: frozenset[str], seed: int) -> None:
+    def __init__(
+        self,
+        index: int,
+        data: SiteData,
+        model_factory: Callable[[], nn.Module],
+        local_keys: frozenset[str],
+        seed: int,
+    ) -> None:
         self.index = index
         self.name = data.name
         self.data = data
@@ -35,8 +41,10 @@ class Site:
         self.local_keys = local_keys
         self.seed = seed
         self._tensors = {
-            split: (torch.from_numpy(getattr(data, f"x_{split}")),
-                    torch.from_numpy(getattr(data, f"y_{split}")))
+            split: (
+                torch.from_numpy(getattr(data, f"x_{split}")),
+                torch.from_numpy(getattr(data, f"y_{split}")),
+            )
             for split in ("train", "val", "test")
         }
         self.local_weights = {k: v for k, v in get_weights(self.model).items() if k in local_keys}
@@ -50,19 +58,35 @@ class Site:
         self._load_global(plan.weights)
         anchor = {k: torch.from_numpy(np.asarray(v)).clone() for k, v in plan.weights.items()}
         x, y = self._tensors["train"]
-        loss = train_local(self.model, x, y, plan.config,
-                           seed=derive_seed(self.seed, self.index, plan.round), anchor=anchor)
+        loss = train_local(
+            self.model,
+            x,
+            y,
+            plan.config,
+            seed=derive_seed(self.seed, self.index, plan.round),
+            anchor=anchor,
+        )
         trained = get_weights(self.model)
         self.local_weights = {k: trained[k] for k in self.local_keys}
         delta = {k: trained[k] - np.asarray(v) for k, v in plan.weights.items()}
-        return Update(site=self.name, round=plan.round, delta=delta,
-                      num_samples=self.data.num_train, metrics={"train_loss": loss})
+        return Update(
+            site=self.name,
+            round=plan.round,
+            delta=delta,
+            num_samples=self.data.num_train,
+            metrics={"train_loss": loss},
+        )
 
     def on_evaluate(self, request: EvaluateRequest) -> Evaluation:
         self._load_global(request.weights)
         x, y = self._tensors[request.split]
-        return Evaluation(site=self.name, round=request.round, split=request.split,
-                          num_samples=len(y), metrics=evaluate(self.model, x, y))
+        return Evaluation(
+            site=self.name,
+            round=request.round,
+            split=request.split,
+            num_samples=len(y),
+            metrics=evaluate(self.model, x, y),
+        )
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """What a checkpoint must keep of this site (its local layers)."""

@@ -34,8 +34,14 @@ from medsilo.fed.messages import Update, Weights
 StrategyName = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 ServerState = dict[str, dict[str, np.ndarray]]
 
-DEFAULT_SERVER_LR = {"fedavg": 1.0, "fedprox": 1.0, "fedavgm": 1.0,
-                     "fedadam": 0.01, "fedyogi": 0.01, "fedadagrad": 0.01}
+DEFAULT_SERVER_LR = {
+    "fedavg": 1.0,
+    "fedprox": 1.0,
+    "fedavgm": 1.0,
+    "fedadam": 0.01,
+    "fedyogi": 0.01,
+    "fedadagrad": 0.01,
+}
 
 
 class StrategySpec(BaseModel):
@@ -94,8 +100,9 @@ def pseudo_gradient(weights: Weights, updates: Sequence[Update]) -> dict[str, np
     return out
 
 
-def aggregate(spec: StrategySpec, weights: Weights, updates: Sequence[Update],
-              state: ServerState) -> tuple[dict[str, np.ndarray], ServerState]:
+def aggregate(
+    spec: StrategySpec, weights: Weights, updates: Sequence[Update], state: ServerState
+) -> tuple[dict[str, np.ndarray], ServerState]:
     """One server step; returns new global weights and new optimizer state."""
     delta = pseudo_gradient(weights, updates)
     eta = spec.eta
@@ -123,8 +130,10 @@ def aggregate(spec: StrategySpec, weights: Weights, updates: Sequence[Update],
             else:  # fedyogi
                 new_v[k] = v - (1 - spec.beta2) * d**2 * np.sign(v - d**2)
         step[k] = eta * new_m[k] / (np.sqrt(new_v[k]) + spec.tau)
-    new_weights = {k: (np.asarray(w, dtype=np.float64) + step[k]).astype(np.asarray(w).dtype)
-                   for k, w in weights.items()}
+    new_weights = {
+        k: (np.asarray(w, dtype=np.float64) + step[k]).astype(np.asarray(w).dtype)
+        for k, w in weights.items()
+    }
     new_state: ServerState = {}
     if new_m:
         new_state["m"] = new_m

@@ -29,20 +29,29 @@ def set_weights(model: nn.Module, weights: Weights) -> None:
         if key not in state:
             raise KeyError(f"weight '{key}' is not in the model")
         if tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(f"weight '{key}': shape {tuple(value.shape)} does not match "
-                             f"the model's {tuple(state[key].shape)}")
+            raise ValueError(
+                f"weight '{key}': shape {tuple(value.shape)} does not match "
+                f"the model's {tuple(state[key].shape)}"
+            )
         state[key].copy_(torch.from_numpy(np.asarray(value)))
 
 
-def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
-                seed: int, anchor: Mapping[str, torch.Tensor] | None = None) -> float:
+def train_local(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    seed: int,
+    anchor: Mapping[str, torch.Tensor] | None = None,
+) -> float:
     """``config.local_epochs`` epochs of mini-batch SGD; returns the mean training loss.
 
     ``anchor`` is the global model for FedProx's proximal term (ignored when mu = 0).
     """
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     params = dict(model.named_parameters())
     model.train()
     total, batches = 0.0, 0
@@ -51,11 +60,13 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         for _ in range(config.local_epochs):
             order = torch.randperm(len(y), generator=generator)
             for start in range(0, len(y), config.batch_size):
-                idx = order[start:start + config.batch_size]
+                idx = order[start : start + config.batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(x[idx]), y[idx])
                 if config.proximal_mu > 0 and anchor is not None:
-                    prox = sum(((params[k] - a) ** 2).sum() for k, a in anchor.items() if k in params)
+                    prox = sum(
+                        ((params[k] - a) ** 2).sum() for k, a in anchor.items() if k in params
+                    )
                     loss = loss + 0.5 * config.proximal_mu * prox
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
@@ -67,7 +78,10 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
     model.eval()
-    out = [F.softmax(model(x[i:i + batch_size]).double(), dim=1) for i in range(0, len(x), batch_size)]
+    out = [
+        F.softmax(model(x[i : i + batch_size]).double(), dim=1)
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out).numpy()
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from medsilo.report.rundir import REPORT_FILE, RunDirectory, atomic_write_bytes  # noqa: E402
-from medsilo.report.summary import METRICS, per_site_table, setting_means  # noqa: E402
+from medsilo.report.rundir import REPORT_FILE, RunDirectory, atomic_write_bytes
+from medsilo.report.summary import METRICS, per_site_table, setting_means
 
 PLOTTED = ("accuracy", "balanced_accuracy", "auroc", "loss")
 
@@ -23,7 +23,8 @@ def _png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    encoded: str = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return encoded
 
 
 def _curves(history: pd.DataFrame) -> list[tuple[str, str]]:
@@ -48,16 +49,21 @@ def _curves(history: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–",
-                         border=0, classes="t")
+    rendered: str = frame.to_html(
+        index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t"
+    )
+    return rendered
 
 
 def render(run_dir: RunDirectory) -> str:
     meta = run_dir.meta
     per_site = per_site_table(run_dir)
     history = pd.DataFrame(run_dir.records())
-    wide = per_site.pivot_table(index="site", columns="setting", values="accuracy",
-                                sort=False) if not per_site.empty else pd.DataFrame()
+    wide = (
+        per_site.pivot_table(index="site", columns="setting", values="accuracy", sort=False)
+        if not per_site.empty
+        else pd.DataFrame()
+    )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>medsilo report: {html.escape(str(meta.get('study')))}</title>",
@@ -78,19 +84,24 @@ def render(run_dir: RunDirectory) -> str:
     if not wide.empty:
         parts.append("<h3>Test accuracy per site</h3>")
         parts.append(_table(wide.reset_index()))
-    parts.append("<p class='note'>The pooled baseline trains one model on all sites' data "
-                 "together. It exists only in simulation: in a real deployment no party can "
-                 "compute it.</p>")
+    parts.append(
+        "<p class='note'>The pooled baseline trains one model on all sites' data "
+        "together. It exists only in simulation: in a real deployment no party can "
+        "compute it.</p>"
+    )
     parts.append("<h2>Per site and setting (test split)</h2>")
     parts.append(_table(per_site[["site", "setting", *METRICS]]))
     for metric, png in _curves(history):
-        parts.append(f"<h3>{metric} over rounds</h3><img alt='{metric}' "
-                     f"src='data:image/png;base64,{png}'>")
+        parts.append(
+            f"<h3>{metric} over rounds</h3><img alt='{metric}' src='data:image/png;base64,{png}'>"
+        )
     versions = meta.get("versions", {})
-    parts.append("<h2>Provenance</h2><p class='note'>" + html.escape(
-        ", ".join(f"{k} {v}" for k, v in versions.items())) +
-        f"; created {html.escape(str(meta.get('created')))}; data fingerprint "
-        f"{html.escape(str(meta.get('data_fingerprint', ''))[:16])}.</p>")
+    parts.append(
+        "<h2>Provenance</h2><p class='note'>"
+        + html.escape(", ".join(f"{k} {v}" for k, v in versions.items()))
+        + f"; created {html.escape(str(meta.get('created')))}; data fingerprint "
+        f"{html.escape(str(meta.get('data_fingerprint', ''))[:16])}.</p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 

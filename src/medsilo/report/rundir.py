@@ -47,8 +47,14 @@ REPORT_FILE = "report.html"
 
 def _git_hash() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -81,8 +87,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
-                              + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+    )
 
 
 def _json_default(value: object) -> object:
@@ -97,7 +104,7 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
     try:
-        np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -131,8 +138,13 @@ class RunDirectory:
         try:
             (staging / STUDY_FILE).write_text(study_text, encoding="utf-8")
             (staging / METRICS_FILE).touch()
-            record = {**meta, "created": datetime.now(UTC).isoformat(), "status": "running",
-                      "versions": versions(), "rounds_completed": 0}
+            record = {
+                **meta,
+                "created": datetime.now(UTC).isoformat(),
+                "status": "running",
+                "versions": versions(),
+                "rounds_completed": 0,
+            }
             atomic_write_json(staging / RUN_FILE, record)
             os.rename(staging, path)
         except BaseException:
@@ -175,8 +187,9 @@ class RunDirectory:
 
     # -- writing during a run -------------------------------------------------------
     def append_records(self, records: Iterable[Mapping[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
-                        for r in records)
+        lines = "".join(
+            json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records
+        )
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(lines)
             handle.flush()
@@ -185,8 +198,10 @@ class RunDirectory:
     def truncate_records(self, last_round: int) -> None:
         """Keep only records of rounds <= ``last_round`` (used when resuming)."""
         kept = [r for r in self.records() if int(r.get("round", 0)) <= last_round]
-        atomic_write_bytes(self.path / METRICS_FILE, "".join(
-            json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
+        atomic_write_bytes(
+            self.path / METRICS_FILE,
+            "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode(),
+        )
 
     def save_checkpoint(self, arrays: Mapping[str, np.ndarray], rounds_completed: int) -> None:
         save_arrays(self.path / CHECKPOINT_FILE, arrays)

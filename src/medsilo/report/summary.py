@@ -22,16 +22,28 @@ def per_site_table(run_dir: RunDirectory) -> pd.DataFrame:
         last = max(int(r["round"]) for r in evals)
         for r in evals:
             if int(r["round"]) == last:
-                rows.append({"site": r["site"], "setting": "federated", "round": last,
-                             "num_samples": r["num_samples"],
-                             **{m: r.get(m, np.nan) for m in METRICS}})
+                rows.append(
+                    {
+                        "site": r["site"],
+                        "setting": "federated",
+                        "round": last,
+                        "num_samples": r["num_samples"],
+                        **{m: r.get(m, np.nan) for m in METRICS},
+                    }
+                )
     path = run_dir.path / BASELINES_FILE
     if path.exists():
         baselines = json.loads(path.read_text())
         for setting in ("local_only", "pooled"):
             for site, metrics in baselines.get(setting, {}).items():
-                rows.append({"site": site, "setting": setting, "round": None,
-                             **{m: metrics.get(m, np.nan) for m in METRICS}})
+                rows.append(
+                    {
+                        "site": site,
+                        "setting": setting,
+                        "round": None,
+                        **{m: metrics.get(m, np.nan) for m in METRICS},
+                    }
+                )
     columns = ["site", "setting", "round", "num_samples", *METRICS]
     return pd.DataFrame(rows, columns=columns)
 

@@ -48,11 +48,16 @@ class DataSection(PartitionSpec):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
-        given = [n for n, v in (("dataset", self.dataset), ("path", self.path),
-                                ("paths", self.paths)) if v is not None]
+        given = [
+            n
+            for n, v in (("dataset", self.dataset), ("path", self.path), ("paths", self.paths))
+            if v is not None
+        ]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'dataset' (built-in), 'path' (one file) or "
-                             f"'paths' (one file per site); got {given or 'none'}")
+            raise ValueError(
+                "give exactly one of 'dataset' (built-in), 'path' (one file) or "
+                f"'paths' (one file per site); got {given or 'none'}"
+            )
         if self.dataset is None and self.schema_ is None:
             raise ValueError("a data file needs a [data.schema] (features, label, site)")
         if self.dataset is not None and self.schema_ is not None:
@@ -90,16 +95,25 @@ class StudyConfig(_Section):
 
     def train_config(self) -> TrainConfig:
         t = self.train
-        return TrainConfig(local_epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                           momentum=t.momentum, weight_decay=t.weight_decay,
-                           proximal_mu=self.strategy.proximal_mu)
+        return TrainConfig(
+            local_epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            proximal_mu=self.strategy.proximal_mu,
+        )
 
     def baseline_config(self) -> TrainConfig:
         """Baselines train as many epochs as a site does over the whole federation."""
         t = self.train
-        return TrainConfig(local_epochs=t.local_epochs * self.study.rounds,
-                           batch_size=t.batch_size, lr=t.lr, momentum=t.momentum,
-                           weight_decay=t.weight_decay)
+        return TrainConfig(
+            local_epochs=t.local_epochs * self.study.rounds,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+        )
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
@@ -148,8 +162,9 @@ def parse_study(text: str, source: str = "<study>", base_dir: Path | None = None
         if data.path is not None and not data.path.is_absolute():
             update["path"] = base_dir / data.path
         if data.paths is not None:
-            update["paths"] = {k: p if p.is_absolute() else base_dir / p
-                               for k, p in data.paths.items()}
+            update["paths"] = {
+                k: p if p.is_absolute() else base_dir / p for k, p in data.paths.items()
+            }
         if update:
             config = config.model_copy(update={"data": data.model_copy(update=update)})
     return config

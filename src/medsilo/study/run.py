@@ -29,8 +29,15 @@ from medsilo.fed.messages import Refusal, Update
 from medsilo.fed.site import Site, derive_seed
 from medsilo.fed.training import get_weights
 from medsilo.report.html import write_report
-from medsilo.report.rundir import BASELINES_FILE, MODEL_FILE, RESULTS_FILE, RunDirectory
-from medsilo.report.rundir import atomic_write_bytes, atomic_write_json, save_arrays
+from medsilo.report.rundir import (
+    BASELINES_FILE,
+    MODEL_FILE,
+    RESULTS_FILE,
+    RunDirectory,
+    atomic_write_bytes,
+    atomic_write_json,
+    save_arrays,
+)
 from medsilo.report.summary import per_site_table
 from medsilo.study.config import StudyConfig, load_study, parse_study
 from medsilo.tasks.models import build_model, normalization_keys
@@ -74,8 +81,10 @@ def build_federation(config: StudyConfig) -> Federation:
     """Load and split the data, build the sites and the coordinator (nothing written)."""
     raw = load_raw(config)
     if config.model.name == "cnn" and raw.kind != "image":
-        raise ConfigError(f"model.name: 'cnn' needs an image dataset; this one is {raw.kind} "
-                          "(use 'logreg' or 'mlp')")
+        raise ConfigError(
+            f"model.name: 'cnn' needs an image dataset; this one is {raw.kind} "
+            "(use 'logreg' or 'mlp')"
+        )
     data, warnings = federate(raw, config.data, config.study.seed)
     seed = config.study.seed
 
@@ -88,8 +97,10 @@ def build_federation(config: StudyConfig) -> Federation:
         raise ConfigError(f"model: {exc}") from None
     local_keys = normalization_keys(template) if config.strategy.fedbn else frozenset()
     if config.strategy.fedbn and not local_keys:
-        raise ConfigError(f"strategy.fedbn: model '{config.model.name}' has no normalization "
-                          "layer to keep local; use model 'cnn' or set fedbn = false")
+        raise ConfigError(
+            f"strategy.fedbn: model '{config.model.name}' has no normalization "
+            "layer to keep local; use model 'cnn' or set fedbn = false"
+        )
     shared = {k: v for k, v in get_weights(template).items() if k not in local_keys}
     sites = {s.name: Site(i, s, model_factory, local_keys, seed) for i, s in enumerate(data.sites)}
     coordinator = Coordinator(shared, config.strategy, list(sites), config.train_config(), seed)
@@ -118,14 +129,16 @@ def _checkpoint_arrays(fed: Federation) -> dict[str, np.ndarray]:
 
 def _restore(fed: Federation, arrays: dict[str, np.ndarray]) -> None:
     def under(prefix: str) -> dict[str, np.ndarray]:
-        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
     server = {slot: under(f"coordinator/{slot}/") for slot in ("m", "v")}
-    fed.coordinator.load_state_dict({
-        "weights": under("coordinator/weights/"),
-        "rounds_done": int(arrays["coordinator/rounds_done"]),
-        "server_state": {k: v for k, v in server.items() if v},
-    })
+    fed.coordinator.load_state_dict(
+        {
+            "weights": under("coordinator/weights/"),
+            "rounds_done": int(arrays["coordinator/rounds_done"]),
+            "server_state": {k: v for k, v in server.items() if v},
+        }
+    )
     for i, site in enumerate(fed.sites.values()):
         site.load_state_dict(under(f"site/{i}/"))
 
@@ -134,41 +147,75 @@ def _round_records(result: RoundResult) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for reply in result.replies:
         if isinstance(reply, Update):
-            records.append({"round": result.round, "kind": "train", "site": reply.site,
-                            "num_samples": reply.num_samples, **reply.metrics})
+            records.append(
+                {
+                    "round": result.round,
+                    "kind": "train",
+                    "site": reply.site,
+                    "num_samples": reply.num_samples,
+                    **reply.metrics,
+                }
+            )
         elif isinstance(reply, Refusal):
-            records.append({"round": result.round, "kind": "refusal", "site": reply.site,
-                            "reason": reply.reason})
+            records.append(
+                {
+                    "round": result.round,
+                    "kind": "refusal",
+                    "site": reply.site,
+                    "reason": reply.reason,
+                }
+            )
     for ev in result.evaluations:
-        records.append({"round": result.round, "kind": "eval", "setting": "federated",
-                        "split": ev.split, "site": ev.site, "num_samples": ev.num_samples,
-                        **ev.metrics})
+        records.append(
+            {
+                "round": result.round,
+                "kind": "eval",
+                "setting": "federated",
+                "split": ev.split,
+                "site": ev.site,
+                "num_samples": ev.num_samples,
+                **ev.metrics,
+            }
+        )
     records.append({"round": result.round, "kind": "round", "seconds": result.seconds})
     return records
 
 
-def run_study(study: Path | str, out: Path | str, *,
-              progress: ProgressFn | None = None) -> RunResult:
+def run_study(
+    study: Path | str, out: Path | str, *, progress: ProgressFn | None = None
+) -> RunResult:
     """Run a study file into a new run directory ``out``."""
     config, text = load_study(Path(study))
     return _start(config, text, str(Path(study).parent.resolve()), Path(out), progress)
 
 
-def run_study_text(text: str, out: Path | str, *, base_dir: Path | str | None = None,
-                   progress: ProgressFn | None = None) -> RunResult:
+def run_study_text(
+    text: str,
+    out: Path | str,
+    *,
+    base_dir: Path | str | None = None,
+    progress: ProgressFn | None = None,
+) -> RunResult:
     """Run a study given as TOML text (a notebook cell); data paths resolve to ``base_dir``."""
     base = Path(base_dir).resolve() if base_dir is not None else None
     config = parse_study(text, source="<study text>", base_dir=base)
     return _start(config, text, str(base) if base else None, Path(out), progress)
 
 
-def _start(config: StudyConfig, text: str, base_dir: str | None, out: Path,
-           progress: ProgressFn | None) -> RunResult:
+def _start(
+    config: StudyConfig, text: str, base_dir: str | None, out: Path, progress: ProgressFn | None
+) -> RunResult:
     fed = build_federation(config)
-    meta = {"study": config.study.name, "seed": config.study.seed,
-            "rounds": config.study.rounds, "sites": list(fed.sites),
-            "data_fingerprint": fingerprint(fed.data), "base_dir": base_dir,
-            "warnings": fed.warnings, "engine": config.engine.name}
+    meta = {
+        "study": config.study.name,
+        "seed": config.study.seed,
+        "rounds": config.study.rounds,
+        "sites": list(fed.sites),
+        "data_fingerprint": fingerprint(fed.data),
+        "base_dir": base_dir,
+        "warnings": fed.warnings,
+        "engine": config.engine.name,
+    }
     run_dir = RunDirectory.create(out, text, meta)
     return _execute(fed, run_dir, progress)
 
@@ -178,12 +225,17 @@ def resume_run(path: Path | str, progress: ProgressFn | None = None) -> RunResul
     run_dir = RunDirectory.open(Path(path))
     meta = run_dir.meta
     base = meta.get("base_dir")
-    config = parse_study(run_dir.study_text, source=str(run_dir.path / "study.toml"),
-                         base_dir=Path(base) if base else None)
+    config = parse_study(
+        run_dir.study_text,
+        source=str(run_dir.path / "study.toml"),
+        base_dir=Path(base) if base else None,
+    )
     fed = build_federation(config)
     if fingerprint(fed.data) != meta.get("data_fingerprint"):
-        raise RunDirError(f"{run_dir.path}: the data differ from those the run started with; "
-                          "a resumed run must see the same data (start a new run instead)")
+        raise RunDirError(
+            f"{run_dir.path}: the data differ from those the run started with; "
+            "a resumed run must see the same data (start a new run instead)"
+        )
     if meta.get("status") != "completed":
         arrays = run_dir.load_checkpoint()
         if arrays is not None:
@@ -196,17 +248,29 @@ def _execute(fed: Federation, run_dir: RunDirectory, progress: ProgressFn | None
     config = fed.config
     notify = progress or (lambda event, info: None)
     if run_dir.meta.get("status") != "completed":
-        notify("start", {"rounds": config.study.rounds, "sites": list(fed.sites),
-                         "done": fed.coordinator.rounds_done, "warnings": fed.warnings})
+        notify(
+            "start",
+            {
+                "rounds": config.study.rounds,
+                "sites": list(fed.sites),
+                "done": fed.coordinator.rounds_done,
+                "warnings": fed.warnings,
+            },
+        )
 
         def on_round(result: RoundResult) -> None:
             run_dir.append_records(_round_records(result))
             run_dir.save_checkpoint(_checkpoint_arrays(fed), result.round)
             notify("round", {"round": result.round, "evaluations": result.evaluations})
 
-        LocalEngine().run(fed.coordinator, fed.sites, config.study.rounds, on_round=on_round,
-                          on_site=lambda r, s: notify("site", {"round": r, "site": s}),
-                          evaluate_every=config.study.evaluate_every)
+        LocalEngine().run(
+            fed.coordinator,
+            fed.sites,
+            config.study.rounds,
+            on_round=on_round,
+            on_site=lambda r, s: notify("site", {"round": r, "site": s}),
+            evaluate_every=config.study.evaluate_every,
+        )
         _run_baselines(fed, run_dir, notify)
         _save_model(fed, run_dir)
         run_dir.update_meta(status="completed")
@@ -224,11 +288,13 @@ def _run_baselines(fed: Federation, run_dir: RunDirectory, notify: ProgressFn) -
         out["local_only"] = {}
         for i, site in enumerate(fed.data.sites):
             out["local_only"][site.name] = baselines.local_only(
-                site, i, fed.model_factory, config.baseline_config(), seed)
+                site, i, fed.model_factory, config.baseline_config(), seed
+            )
             notify("baseline", {"setting": "local_only", "site": site.name})
     if config.baselines.pooled:
-        out["pooled"] = baselines.pooled(fed.data, fed.model_factory, config.baseline_config(),
-                                         seed)
+        out["pooled"] = baselines.pooled(
+            fed.data, fed.model_factory, config.baseline_config(), seed
+        )
         notify("baseline", {"setting": "pooled", "site": "all"})
     atomic_write_json(run_dir.path / BASELINES_FILE, out)
 

@@ -12,8 +12,15 @@ import numpy as np
 from sklearn import metrics as skm
 
 HIGHER_IS_BETTER = {
-    "accuracy": True, "balanced_accuracy": True, "auroc": True, "auprc": True, "f1": True,
-    "qwk": True, "brier": False, "ece": False, "loss": False,
+    "accuracy": True,
+    "balanced_accuracy": True,
+    "auroc": True,
+    "auprc": True,
+    "f1": True,
+    "qwk": True,
+    "brier": False,
+    "ece": False,
+    "loss": False,
 }
 
 
@@ -47,7 +54,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns on classes absent from a small split
         out["balanced_accuracy"] = float(skm.balanced_accuracy_score(y_true, pred))
-        out["f1"] = float(skm.f1_score(y_true, pred, labels=labels, average="macro", zero_division=0))
+        out["f1"] = float(
+            skm.f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)
+        )
         out["qwk"] = float(skm.cohen_kappa_score(y_true, pred, labels=labels, weights="quadratic"))
     onehot = np.eye(num_classes)[y_true]
     if len(present) < 2:
@@ -59,8 +68,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         # One-vs-rest over the classes present in these rows (absent ones are undefined).
         cols = present
         out["auroc"] = float(np.mean([skm.roc_auc_score(onehot[:, c], proba[:, c]) for c in cols]))
-        out["auprc"] = float(np.mean([skm.average_precision_score(onehot[:, c], proba[:, c])
-                                      for c in cols]))
+        out["auprc"] = float(
+            np.mean([skm.average_precision_score(onehot[:, c], proba[:, c]) for c in cols])
+        )
     if num_classes == 2:
         out["brier"] = float(skm.brier_score_loss(y_true, proba[:, 1], pos_label=1))
     else:

@@ -31,34 +31,51 @@ class ModelSpec(BaseModel):
 class GroupNormCNN(nn.Module):
     """Small image classifier: conv blocks with GroupNorm, global average pooling, linear."""
 
-    def __init__(self, in_channels: int, num_classes: int, channels: tuple[int, ...],
-                 groups: int, dropout: float) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: tuple[int, ...],
+        groups: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = in_channels
         for width in channels:
-            layers += [nn.Conv2d(previous, width, 3, padding=1), nn.GroupNorm(groups, width),
-                       nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(previous, width, 3, padding=1),
+                nn.GroupNorm(groups, width),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             previous = width
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3), keepdim=True))  # type: ignore[no-any-return]
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int,
-                seed: int) -> nn.Module:
+def build_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, seed: int
+) -> nn.Module:
     """Build the model with weights initialised from ``seed`` (same seed, same weights)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.name == "cnn":
             if len(input_shape) != 3:
-                raise ValueError(f"model 'cnn' needs image input (C, H, W), got shape {input_shape}")
+                raise ValueError(
+                    f"model 'cnn' needs image input (C, H, W), got shape {input_shape}"
+                )
             bad = [c for c in spec.channels if c % spec.groups]
             if bad:
                 raise ValueError(f"model.groups = {spec.groups} must divide model.channels {bad}")
-            return GroupNormCNN(input_shape[0], num_classes, spec.channels, spec.groups, spec.dropout)
+            return GroupNormCNN(
+                input_shape[0], num_classes, spec.channels, spec.groups, spec.dropout
+            )
         width = 1
         for dim in input_shape:
             width *= dim

@@ -94,15 +94,16 @@ def load(name: str, options: Mapping[str, object] | None = None) -> RawDataset:
     given = dict(options or {})
     unknown = [k for k in given if k not in dataset.options]
     if unknown:
-        accepted = (f"it accepts: {', '.join(dataset.options)}" if dataset.options
-                    else "it accepts no options")
+        accepted = (
+            f"it accepts: {', '.join(dataset.options)}"
+            if dataset.options
+            else "it accepts no options"
+        )
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(str(key), list(dataset.options), n=1)
             hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise DataError(
-            f"dataset '{name}': unknown option {', '.join(hints)}; {accepted}"
-        )
+        raise DataError(f"dataset '{name}': unknown option {', '.join(hints)}; {accepted}")
     return dataset.loader(**given)
 
 

@@ -31,41 +31,111 @@ LABEL = "hospitaldischargestatus"
 #: Categories of the ``patient`` columns (every value present in the demo data).
 PATIENT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "gender": ("Female", "Male"),
-    "unittype": ("CCU-CTICU", "CSICU", "CTICU", "Cardiac ICU", "MICU", "Med-Surg ICU",
-                 "Neuro ICU", "SICU"),
-    "unitadmitsource": ("Acute Care/Floor", "Chest Pain Center", "Direct Admit",
-                        "Emergency Department", "Floor", "ICU", "ICU to SDU",
-                        "Operating Room", "Other Hospital", "Other ICU", "PACU",
-                        "Recovery Room", "Step-Down Unit (SDU)"),
+    "unittype": (
+        "CCU-CTICU",
+        "CSICU",
+        "CTICU",
+        "Cardiac ICU",
+        "MICU",
+        "Med-Surg ICU",
+        "Neuro ICU",
+        "SICU",
+    ),
+    "unitadmitsource": (
+        "Acute Care/Floor",
+        "Chest Pain Center",
+        "Direct Admit",
+        "Emergency Department",
+        "Floor",
+        "ICU",
+        "ICU to SDU",
+        "Operating Room",
+        "Other Hospital",
+        "Other ICU",
+        "PACU",
+        "Recovery Room",
+        "Step-Down Unit (SDU)",
+    ),
 }
 #: ``apacheApsVar``: worst day-1 physiology; -1 = missing. Flags (intubated, vent,
 #: dialysis, meds = GCS not assessable because of sedation) are numeric 0/1.
-APS_FEATURES = ("intubated", "vent", "dialysis", "eyes", "motor", "verbal", "meds", "urine",
-                "wbc", "temperature", "respiratoryrate", "sodium", "heartrate", "meanbp", "ph",
-                "hematocrit", "creatinine", "albumin", "pao2", "pco2", "bun", "glucose",
-                "bilirubin", "fio2")
+APS_FEATURES = (
+    "intubated",
+    "vent",
+    "dialysis",
+    "eyes",
+    "motor",
+    "verbal",
+    "meds",
+    "urine",
+    "wbc",
+    "temperature",
+    "respiratoryrate",
+    "sodium",
+    "heartrate",
+    "meanbp",
+    "ph",
+    "hematocrit",
+    "creatinine",
+    "albumin",
+    "pao2",
+    "pco2",
+    "bun",
+    "glucose",
+    "bilirubin",
+    "fio2",
+)
 #: ``apachePredVar``: admission flags and APACHE chronic-health items, numeric 0/1.
 #: (``aids`` is left out: it is 0 for every stay of the demo.)
-PRED_FEATURES = ("readmit", "thrombolytics", "diabetes", "hepaticfailure", "lymphoma",
-                 "metastaticcancer", "leukemia", "immunosuppression", "cirrhosis")
+PRED_FEATURES = (
+    "readmit",
+    "thrombolytics",
+    "diabetes",
+    "hepaticfailure",
+    "lymphoma",
+    "metastaticcancer",
+    "leukemia",
+    "immunosuppression",
+    "cirrhosis",
+)
 #: ``apachePredVar.electivesurgery`` is filled only for surgical admissions (1 = elective,
 #: 0 = emergency); a categorical keeps "not recorded" (None) apart from 0.
 ELECTIVE = "electivesurgery"
 
-FEATURES: tuple[str, ...] = ("age", *PATIENT_CATEGORIES, *APS_FEATURES, *PRED_FEATURES,
-                             ELECTIVE)
+FEATURES: tuple[str, ...] = ("age", *PATIENT_CATEGORIES, *APS_FEATURES, *PRED_FEATURES, ELECTIVE)
 
 #: Columns that reveal the outcome or come from after day 1; never features.
-LEAKING_COLUMNS = frozenset({
-    "hospitaldischargestatus", "hospitaldischargeoffset", "hospitaldischargelocation",
-    "hospitaldischargetime24", "hospitaldischargeyear", "unitdischargestatus",
-    "unitdischargeoffset", "unitdischargelocation", "unitdischargetime24", "dischargeweight",
-    "diedinhospital", "dischargelocation", "acutephysiologyscore", "apachescore",
-    "predictedicumortality", "actualicumortality", "predictediculos", "actualiculos",
-    "predictedhospitalmortality", "actualhospitalmortality", "predictedhospitallos",
-    "actualhospitallos", "unabridgedunitlos", "unabridgedhosplos", "actualventdays",
-    "predventdays", "unabridgedactualventdays",
-})
+LEAKING_COLUMNS = frozenset(
+    {
+        "hospitaldischargestatus",
+        "hospitaldischargeoffset",
+        "hospitaldischargelocation",
+        "hospitaldischargetime24",
+        "hospitaldischargeyear",
+        "unitdischargestatus",
+        "unitdischargeoffset",
+        "unitdischargelocation",
+        "unitdischargetime24",
+        "dischargeweight",
+        "diedinhospital",
+        "dischargelocation",
+        "acutephysiologyscore",
+        "apachescore",
+        "predictedicumortality",
+        "actualicumortality",
+        "predictediculos",
+        "actualiculos",
+        "predictedhospitalmortality",
+        "actualhospitalmortality",
+        "predictedhospitallos",
+        "actualhospitallos",
+        "unabridgedunitlos",
+        "unabridgedhosplos",
+        "actualventdays",
+        "predventdays",
+        "unabridgedactualventdays",
+    }
+)
 
 
 def _schema(site_column: str) -> TableSchema:
@@ -75,8 +145,9 @@ def _schema(site_column: str) -> TableSchema:
     for name in (*APS_FEATURES, *PRED_FEATURES):
         features[name] = FeatureSpec(type="numeric", missing_values=("-1",))
     features[ELECTIVE] = FeatureSpec(type="categorical", categories=("0", "1"))
-    return TableSchema(features=features, label=LABEL, classes=CLASS_NAMES,
-                       site=site_column, group="uniquepid")
+    return TableSchema(
+        features=features, label=LABEL, classes=CLASS_NAMES, site=site_column, group="uniquepid"
+    )
 
 
 DESCRIPTION = """\
@@ -105,8 +176,9 @@ eICU-CRD Demo, PhysioNet, doi:10.13026/4mxk-na84; Pollard et al., Sci Data 5:180
 
 def _read(table: str) -> pd.DataFrame:
     path = resources.files("medsilo.data.builtin") / "files" / "eicu" / f"{table}.csv.gz"
-    return pd.read_csv(io.BytesIO(path.read_bytes()), compression="gzip", dtype=str,
-                       keep_default_na=False)
+    return pd.read_csv(
+        io.BytesIO(path.read_bytes()), compression="gzip", dtype=str, keep_default_na=False
+    )
 
 
 def _number(text: pd.Series, minus_one_missing: bool) -> np.ndarray:
@@ -137,9 +209,7 @@ def _check_options(group_by: object, min_stays: object) -> None:
             f"{', '.join(repr(g) for g in GROUP_BY)}"
         )
     if isinstance(min_stays, bool) or not isinstance(min_stays, int):
-        raise DataError(
-            f"eicu: option min_stays must be a whole number >= 0, got {min_stays!r}"
-        )
+        raise DataError(f"eicu: option min_stays must be a whole number >= 0, got {min_stays!r}")
     if min_stays < 0:
         raise DataError(f"eicu: option min_stays must be >= 0, got {min_stays}")
 
@@ -157,15 +227,25 @@ def load(group_by: GroupBy = "region", min_stays: int = 0) -> RawTable:
     pred = _read("apachePredVar")
 
     patient = patient[patient[LABEL].str.strip() != ""]
-    stays = patient.merge(hospital[["hospitalid", "region"]], on="hospitalid", how="left",
-                          validate="many_to_one")
-    stays = stays.merge(aps[["patientunitstayid", *APS_FEATURES]], on="patientunitstayid",
-                        how="left", validate="one_to_one")
-    stays = stays.merge(pred[["patientunitstayid", *PRED_FEATURES, ELECTIVE]],
-                        on="patientunitstayid", how="left", validate="one_to_one")
+    stays = patient.merge(
+        hospital[["hospitalid", "region"]], on="hospitalid", how="left", validate="many_to_one"
+    )
+    stays = stays.merge(
+        aps[["patientunitstayid", *APS_FEATURES]],
+        on="patientunitstayid",
+        how="left",
+        validate="one_to_one",
+    )
+    stays = stays.merge(
+        pred[["patientunitstayid", *PRED_FEATURES, ELECTIVE]],
+        on="patientunitstayid",
+        how="left",
+        validate="one_to_one",
+    )
     stays = stays.fillna("")  # stays without an APACHE row: every APACHE value missing
-    stays = stays.sort_values("patientunitstayid", key=lambda s: s.astype(np.int64),
-                              kind="stable").reset_index(drop=True)
+    stays = stays.sort_values(
+        "patientunitstayid", key=lambda s: s.astype(np.int64), kind="stable"
+    ).reset_index(drop=True)
 
     if group_by == "region":
         site_column = "region"

@@ -23,18 +23,32 @@ SITE_FILES: dict[str, str] = {
     "switzerland": "processed.switzerland.data",
     "va": "processed.va.data",
 }
-COLUMNS = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang",
-           "oldpeak", "slope", "ca", "thal", "num")
+COLUMNS = (
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "slope",
+    "ca",
+    "thal",
+    "num",
+)
 NUMERIC = ("age", "trestbps", "chol", "thalach", "oldpeak", "ca")
 #: Declared categories (codes from heart-disease.names).
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "sex": ("0", "1"),                 # 1 = male
-    "cp": ("1", "2", "3", "4"),        # typical / atypical angina, non-anginal, asymptomatic
-    "fbs": ("0", "1"),                 # fasting blood sugar > 120 mg/dl
-    "restecg": ("0", "1", "2"),        # normal / ST-T abnormality / LV hypertrophy
-    "exang": ("0", "1"),               # exercise-induced angina
-    "slope": ("1", "2", "3"),          # up / flat / down
-    "thal": ("3", "6", "7"),           # normal / fixed defect / reversible defect
+    "sex": ("0", "1"),  # 1 = male
+    "cp": ("1", "2", "3", "4"),  # typical / atypical angina, non-anginal, asymptomatic
+    "fbs": ("0", "1"),  # fasting blood sugar > 120 mg/dl
+    "restecg": ("0", "1", "2"),  # normal / ST-T abnormality / LV hypertrophy
+    "exang": ("0", "1"),  # exercise-induced angina
+    "slope": ("1", "2", "3"),  # up / flat / down
+    "thal": ("3", "6", "7"),  # normal / fixed defect / reversible defect
 }
 #: A 0 in these columns means "not measured" (all of Switzerland's cholesterol values).
 ZERO_IS_MISSING = ("trestbps", "chol")
@@ -42,9 +56,9 @@ FEATURES = COLUMNS[:-1]
 
 SCHEMA = TableSchema(
     features={
-        name: FeatureSpec(type="numeric", missing_values=("0",) if name in ZERO_IS_MISSING
-                          else ())
-        if name in NUMERIC else FeatureSpec(type="categorical", categories=CATEGORIES[name])
+        name: FeatureSpec(type="numeric", missing_values=("0",) if name in ZERO_IS_MISSING else ())
+        if name in NUMERIC
+        else FeatureSpec(type="categorical", categories=CATEGORIES[name])
         for name in FEATURES
     },
     label="num",
@@ -65,8 +79,9 @@ Learning Repository, doi:10.24432/C52P4X; Detrano et al., Am J Cardiol 64:304-31
 
 def _read(file_name: str) -> pd.DataFrame:
     data = (resources.files("medsilo.data.builtin") / "files" / "heart" / file_name).read_bytes()
-    return pd.read_csv(io.BytesIO(data), header=None, names=list(COLUMNS), dtype=str,
-                       keep_default_na=False)
+    return pd.read_csv(
+        io.BytesIO(data), header=None, names=list(COLUMNS), dtype=str, keep_default_na=False
+    )
 
 
 def _category(value: str) -> str | None:
@@ -91,8 +106,9 @@ def load() -> RawTable:
     for name in FEATURES:
         text = raw[name].str.strip()
         if name in NUMERIC:
-            values = np.array(pd.to_numeric(text.where(text != "?"), errors="raise"),
-                              dtype=np.float64)  # a writable copy
+            values = np.array(
+                pd.to_numeric(text.where(text != "?"), errors="raise"), dtype=np.float64
+            )  # a writable copy
             if name in ZERO_IS_MISSING:
                 values[values == 0.0] = np.nan
             columns[name] = values

@@ -1,0 +1,1 @@
+"""Differentially private synthetic data ("clones") of tables and annotated text."""

@@ -1,0 +1,1 @@
+"""Differential privacy: DP-SGD (Opacus), accountants, the site ledger, audits."""
