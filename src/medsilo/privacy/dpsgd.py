@@ -1,0 +1,141 @@
+"""Record-level DP-SGD on one site, with Opacus (Abadi et al., CCS 2016).
+
+One step: draw a Poisson sample (each training record independently with probability
+``q``), compute per-sample gradients (Opacus' hook-based ``GradSampleModule``), clip each
+to L2 norm ``C``, sum, add N(0, sigma^2 C^2 I), divide by the *expected* batch size ``q n``,
+and take an SGD step. An empty Poisson sample still adds its noise (Dopamine's code skips
+it, which breaks the accounting).
+
+How the noise is drawn: ``torch.normal`` from a ``torch.Generator`` seeded from the site's
+secret (never from the study seed, which the coordinator knows): see
+:func:`noise_generator`. Opacus' ``secure_mode`` would draw from torchcsprng, which does not
+install on these machines; torch's generator is Mersenne Twister, not a CSPRNG, and the
+noise is floating point, so the textbook Gaussian guarantee holds up to the floating-point
+caveat of Mironov (CCS 2012, "On significance of the least significant bits for
+differential privacy"). Both caveats are stated in docs/privacy.md.
+
+Why hooks: for the models medsilo ships (Linear, Conv2d, GroupNorm) Opacus' hooks give
+exact per-sample gradients with the least overhead measured here; ghost clipping was
+slower on the GroupNorm CNN (ENVIRONMENT.md) and functorch mode is kept for layers hooks
+do not support. ``grad_sample_mode`` selects it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.nn import functional as F
+
+GradSampleMode = Literal["hooks", "functorch"]
+
+
+@dataclass(frozen=True)
+class DpSgdRun:
+    """What one site's local DP-SGD did in one round (goes into its ledger)."""
+
+    sample_rate: float
+    noise_multiplier: float
+    clip: float
+    steps: int
+    mean_loss: float
+    records_seen: int
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Opacus' own validator: e.g. BatchNorm mixes records inside a batch."""
+    return [str(e) for e in ModuleValidator.validate(model, strict=False)]
+
+
+def noise_generator(secret: bytes, *context: int) -> torch.Generator:
+    """A generator for DP noise, seeded from the site's secret and a context (round).
+
+    The 64-bit torch seed is SHA-256(secret || context) truncated; the secret (32 bytes
+    from ``secrets``) never leaves the site, so nobody else can regenerate the noise.
+    """
+    digest = hashlib.sha256(secret + b"".join(c.to_bytes(8, "big", signed=True)
+                                               for c in context)).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def train_dpsgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    sample_rate: float,
+    steps: int,
+    noise_multiplier: float,
+    clip: float,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    sampling_seed: int,
+    noise: torch.Generator,
+    anchor: Mapping[str, torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
+    grad_sample_mode: GradSampleMode = "hooks",
+) -> DpSgdRun:
+    """``steps`` DP-SGD steps on ``model`` in place.
+
+    FedProx's proximal gradient ``mu (w - w_global)`` does not depend on the data, so it is
+    added after clipping and noising (post-processing), not inside the clipped gradient.
+    """
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    n = len(y)
+    expected = max(1, round(sample_rate * n))
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum",
+                           force_functorch=grad_sample_mode == "functorch")
+    base = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = DPOptimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=clip,
+                            expected_batch_size=expected, loss_reduction="sum", generator=noise)
+    sampler = torch.Generator().manual_seed(sampling_seed)
+    params = dict(model.named_parameters())
+    total_loss, seen = 0.0, 0
+    model.train()
+    try:
+        for _ in range(steps):
+            mask = torch.rand(n, generator=sampler) < sample_rate
+            idx = torch.nonzero(mask).flatten()
+            optimizer.zero_grad(set_to_none=True)
+            if len(idx):
+                loss = F.cross_entropy(gsm(x[idx]), y[idx], reduction="sum")
+                loss.backward()  # type: ignore[no-untyped-call]
+                total_loss += float(loss.detach())
+                seen += len(idx)
+            else:
+                _empty_grad_samples(model)
+            if not optimizer.pre_step():  # clip, add noise, scale by 1/(q n)
+                continue
+            if proximal_mu > 0 and anchor is not None:
+                with torch.no_grad():
+                    for name, center in anchor.items():
+                        p = params.get(name)
+                        if p is not None and p.grad is not None:
+                            p.grad.add_(proximal_mu * (p - center))
+            base.step()
+    finally:
+        gsm._close()
+    return DpSgdRun(sample_rate=sample_rate, noise_multiplier=noise_multiplier, clip=clip,
+                    steps=steps, mean_loss=total_loss / max(seen, 1), records_seen=seen)
+
+
+def _empty_grad_samples(model: nn.Module) -> None:
+    """An empty Poisson sample: zero per-sample gradients, so the step is pure noise."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+
+
+def steps_per_epoch(sample_rate: float) -> int:
+    """Expected number of Poisson steps to visit each record once: ceil(1/q)."""
+    return math.ceil(1.0 / sample_rate)
