@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from medsilo.fed.messages import TrainConfig, Weights
 from medsilo.tasks.metrics import classification_metrics
+from medsilo.tasks.models import seeded_cpu_rng
 
 
 def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
@@ -55,8 +56,7 @@ def train_local(
     params = dict(model.named_parameters())
     model.train()
     total, batches = 0.0, 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # dropout masks
+    with seeded_cpu_rng(seed):  # dropout masks
         for _ in range(config.local_epochs):
             order = torch.randperm(len(y), generator=generator)
             for start in range(0, len(y), config.batch_size):
