@@ -8,6 +8,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from medsilo.errors import EXIT_BAD_INPUT, MedsiloError
 
@@ -27,8 +28,13 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except MedsiloError as exc:
             for line in str(exc).splitlines():
+                # escape: messages name TOML tables ("[data.schema]") that rich would
+                # otherwise swallow as markup tags
                 errors.print(
-                    f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True
+                    f"[bold red]error:[/] {escape(line)}",
+                    markup=True,
+                    highlight=False,
+                    soft_wrap=True,
                 )
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import os
 import typer
 
 from medsilo.cli import datasets
+from medsilo.cli import ledger as ledger_commands
 from medsilo.cli import run as run_commands
 
 # Flower must never install dependencies at run time (it pulls a CUDA torch) or phone home.
@@ -17,6 +18,8 @@ app = typer.Typer(
     name="medsilo",
     no_args_is_help=True,
     add_completion=False,
+    # A traceback (exit 1, a bug) must not print local variables: they hold patient rows.
+    pretty_exceptions_show_locals=False,
     help="Federated training across hospitals, with per-site privacy accounting. "
     "Exit codes: 0 ok, 1 internal error, 2 bad input, 130 interrupted.",
 )
@@ -24,3 +27,4 @@ app.command()(run_commands.run)
 app.command()(run_commands.demo)
 app.command()(run_commands.report)
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(ledger_commands.app, name="ledger")

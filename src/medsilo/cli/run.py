@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -32,7 +33,7 @@ class _Display:
         p = self.progress
         if event == "start":
             for warning in info["warnings"]:
-                console.print(f"[yellow]warning:[/] {warning}")
+                console.print(f"[yellow]warning:[/] {escape(warning)}")
             self.count = len(info["sites"])
             self.rounds = p.add_task("rounds", total=info["rounds"], completed=info["done"])
             self.sites = p.add_task(f"round {info['done'] + 1}: sites", total=self.count)

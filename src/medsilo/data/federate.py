@@ -67,11 +67,20 @@ def federate(raw: RawDataset, spec: PartitionSpec, seed: int) -> tuple[Federated
 
     split_rng = np.random.default_rng([seed, 1])
     splits = []
-    for rows in kept_parts:
+    for name, rows in zip(kept_names, kept_parts, strict=True):
         groups = None if raw.groups is None else raw.groups[rows]
         tr, va, te = stratified_split(
             raw.labels[rows], spec.val_fraction, spec.test_fraction, split_rng, groups
         )
+        # A split that rounds to no rows cannot be evaluated; say so before anything runs.
+        for split, chosen, field in (("test", te, "test"), ("validation", va, "val")):
+            fraction = getattr(spec, f"{field}_fraction")
+            if len(chosen) == 0 and fraction > 0:
+                raise DataError(
+                    f"site '{name}': its {split} split is empty ({len(rows)} rows, "
+                    f"data.{field}_fraction = {fraction} rounds to 0 rows in every class); "
+                    f"raise data.{field}_fraction"
+                )
         splits.append((rows[tr], rows[va], rows[te]))
 
     if isinstance(raw, RawTable):

@@ -9,8 +9,9 @@ cover every row (tested). Randomness comes only from the ``rng`` argument.
   (Hsu, Qi & Brown 2019, "Measuring the effects of non-identical data distribution");
   alpha -> infinity approaches IID, alpha -> 0 one class per site;
 * :func:`quantity_skew` -- IID labels, site sizes ~ Dir(alpha) (Li et al. 2022, NIID-Bench);
-* :func:`shards` -- sort by label, cut into ``num_sites * k`` shards, give each site
-  ``k`` shards, so each site sees at most ``k`` classes (McMahan et al. 2017).
+* :func:`shards` -- cut every class into single-class shards, ``num_sites * k`` in all,
+  give each site ``k`` shards, so each site sees at most ``k`` classes (after McMahan
+  et al. 2017).
 """
 
 from __future__ import annotations
@@ -91,16 +92,38 @@ def quantity_skew(
 def shards(
     labels: np.ndarray, num_sites: int, classes_per_site: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """McMahan et al.'s pathological non-IID split: ``classes_per_site`` shards each."""
+    """Pathological non-IID split after McMahan et al. (2017): ``classes_per_site`` shards
+    per site, every shard of a single class, so a site sees at most ``classes_per_site``
+    classes.
+
+    McMahan et al. cut the label-sorted rows into equal shards; a shard then straddles two
+    classes whenever a class size is not a multiple of the shard size, and a site can see
+    up to twice as many classes as it has shards. Here each class is cut into its own
+    shards instead: every class gets one, and each further shard goes to the class with
+    the most rows per shard, which keeps shard sizes as even as the classes allow.
+
+    >>> y = np.array([0] * 5 + [1] * 5 + [2] * 5)
+    >>> [np.unique(y[p]).size for p in shards(y, 3, 1, np.random.default_rng(0))]
+    [1, 1, 1]
+    """
     if classes_per_site < 1:
         raise ConfigError(f"data.classes_per_site: must be >= 1, got {classes_per_site}")
+    _check_sites(len(labels), num_sites, classes_per_site)
     num_shards = num_sites * classes_per_site
-    _check_sites(len(labels), num_shards)
-    # Stable sort after a random permutation: shards are contiguous label runs and the
-    # rows inside a class are shuffled.
-    perm = rng.permutation(len(labels))
-    order = perm[np.argsort(labels[perm], kind="stable")]
-    pieces = np.array_split(order, num_shards)
+    classes, counts = np.unique(labels, return_counts=True)
+    if num_shards < len(classes):
+        raise ConfigError(
+            f"data.classes_per_site: {num_sites} sites x {classes_per_site} shards = "
+            f"{num_shards} single-class shards cannot hold the {len(classes)} classes; "
+            f"raise data.classes_per_site to at least {-(-len(classes) // num_sites)} "
+            "or use more sites"
+        )
+    per_class = np.ones(len(classes), dtype=np.int64)
+    for _ in range(num_shards - len(classes)):
+        per_class[np.argmax(counts / per_class)] += 1
+    pieces: list[np.ndarray] = []
+    for c, k in zip(classes, per_class, strict=True):
+        pieces += np.array_split(rng.permutation(np.flatnonzero(labels == c)), k)
     owner = rng.permutation(num_shards)
     return [
         np.sort(np.concatenate([pieces[k] for k in owner[s::num_sites]])) for s in range(num_sites)

@@ -137,16 +137,25 @@ def _categorical(
     frame: pd.DataFrame, column: str, spec: FeatureSpec, na: set[str]
 ) -> list[str | None]:
     out: list[str | None] = []
-    allowed = set(spec.categories) if spec.categories is not None else None
+    # Declared spelling of each value: exact first, then canonical ("1.0" -> "1"), so that
+    # a declared "02139" matches "02139" rather than being compared as the number 2139.
+    spelling: dict[str, str] | None = None
+    if spec.categories is not None:
+        spelling = {_canonical(c): c for c in reversed(spec.categories)}
+        spelling.update({c: c for c in spec.categories})
     for i, raw in enumerate(frame[column].astype(str).str.strip()):
         if raw in na or raw in spec.missing_values:
             out.append(None)
             continue
-        value = _canonical(raw)
-        if allowed is not None and value not in allowed:
+        if spelling is None:
+            out.append(_canonical(raw))
+            continue
+        value = spelling.get(raw, spelling.get(_canonical(raw)))
+        if value is None:
             raise DataError(
                 f"{_where(frame, i)}, column '{column}': category {raw!r} is not among the "
-                f"declared categories {sorted(allowed)}; add it to the schema or mark it missing"
+                f"declared categories {sorted(spec.categories or ())}; add it to the schema "
+                "or mark it missing"
             )
         out.append(value)
     return out

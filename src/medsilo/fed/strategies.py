@@ -11,11 +11,12 @@ and a server optimizer applies it:
 * FedAvg / FedProx (McMahan et al. 2017; Li et al. 2020): w <- w + eta * Delta (eta = 1
   gives plain sample-weighted averaging; FedProx differs only on the site side);
 * FedAvgM (Hsu et al. 2019): m <- beta * m + Delta; w <- w + eta * m;
+* all three adaptive ones: m <- b1 m + (1-b1) Delta, and
 * FedAdagrad: v <- v + Delta^2;
-* FedAdam:    m <- b1 m + (1-b1) Delta; v <- b2 v + (1-b2) Delta^2;
-* FedYogi:    m as Adam; v <- v - (1-b2) Delta^2 sign(v - Delta^2);
-  the three adaptive ones then w <- w + eta * m / (sqrt(v) + tau), with m = Delta for
-  Adagrad, v initialised to tau^2 and m to 0, no bias correction (as in the paper).
+* FedAdam:    v <- b2 v + (1-b2) Delta^2;
+* FedYogi:    v <- v - (1-b2) Delta^2 sign(v - Delta^2);
+  then w <- w + eta * m / (sqrt(v) + tau), v initialised to tau^2 and m to 0, no bias
+  correction (as in the paper).
 
 :func:`aggregate` is pure: weights and optimizer state in, new weights and state out.
 Arithmetic is float64 and results are cast back to each array's dtype.
@@ -23,7 +24,7 @@ Arithmetic is float64 and results are cast back to each array's dtype.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -104,7 +105,13 @@ def aggregate(
     spec: StrategySpec, weights: Weights, updates: Sequence[Update], state: ServerState
 ) -> tuple[dict[str, np.ndarray], ServerState]:
     """One server step; returns new global weights and new optimizer state."""
-    delta = pseudo_gradient(weights, updates)
+    return server_step(spec, weights, pseudo_gradient(weights, updates), state)
+
+
+def server_step(
+    spec: StrategySpec, weights: Weights, delta: Mapping[str, np.ndarray], state: ServerState
+) -> tuple[dict[str, np.ndarray], ServerState]:
+    """Apply a pseudo-gradient ``delta`` with the strategy's server optimizer."""
     eta = spec.eta
     m_old, v_old = state.get("m", {}), state.get("v", {})
     new_m: dict[str, np.ndarray] = {}
@@ -120,15 +127,13 @@ def aggregate(
             new_m[k] = spec.server_momentum * m + d
             step[k] = eta * new_m[k]
             continue
+        new_m[k] = spec.beta1 * m + (1 - spec.beta1) * d
         if spec.name == "fedadagrad":
-            new_m[k] = d
             new_v[k] = v + d**2
-        else:
-            new_m[k] = spec.beta1 * m + (1 - spec.beta1) * d
-            if spec.name == "fedadam":
-                new_v[k] = spec.beta2 * v + (1 - spec.beta2) * d**2
-            else:  # fedyogi
-                new_v[k] = v - (1 - spec.beta2) * d**2 * np.sign(v - d**2)
+        elif spec.name == "fedadam":
+            new_v[k] = spec.beta2 * v + (1 - spec.beta2) * d**2
+        else:  # fedyogi
+            new_v[k] = v - (1 - spec.beta2) * d**2 * np.sign(v - d**2)
         step[k] = eta * new_m[k] / (np.sqrt(new_v[k]) + spec.tau)
     new_weights = {
         k: (np.asarray(w, dtype=np.float64) + step[k]).astype(np.asarray(w).dtype)

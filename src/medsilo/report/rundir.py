@@ -133,8 +133,15 @@ class RunDirectory:
                 f"run directory {path} already exists; choose another --out, delete it, "
                 f"or continue it with: medsilo run --resume {path}"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
+        except OSError as exc:  # a parent is a file, no permission, read-only disk
+            blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+            reason = f"{blocker} is a file, not a directory" if blocker else exc.strerror or exc
+            raise RunDirError(
+                f"cannot create run directory {path}: {reason}; choose another --out"
+            ) from None
         try:
             (staging / STUDY_FILE).write_text(study_text, encoding="utf-8")
             (staging / METRICS_FILE).touch()
