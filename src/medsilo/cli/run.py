@@ -16,7 +16,7 @@ from medsilo.cli._common import console, handle_errors
 from medsilo.errors import ConfigError
 from medsilo.report.html import write_report
 from medsilo.report.rundir import REPORT_FILE, RunDirectory
-from medsilo.report.summary import setting_means
+from medsilo.report.summary import privacy_table, setting_means
 from medsilo.study.run import RunResult, collect, resume_run, run_study
 
 
@@ -80,6 +80,22 @@ def print_result(result: RunResult, as_json: bool) -> None:
     out.add_row("[bold]mean of sites[/]", *(f"[bold]{v:.3f}[/]" for v in means))
     console.print(out)
     console.print("(pooled = all sites' data in one place: a simulation-only reference)")
+    privacy = privacy_table(RunDirectory.open(result.run_dir))
+    if not privacy.empty:
+        ptable = Table(title="Privacy spent per site (from each site's ledger)")
+        for column in ("site", "mode", "sigma", "epsilon spent", "budget", "refusals", "ledger"):
+            ptable.add_column(column)
+        for _, row in privacy.iterrows():
+            ptable.add_row(
+                str(row["site"]),
+                f"{row['mode']} ({row['unit']})",
+                f"{row['noise_multiplier']:.3f}",
+                f"{row.get('epsilon_spent', float('nan')):.3f}",
+                f"{row.get('budget_epsilon', float('nan')):g}",
+                str(row["refusals"]),
+                str(row["ledger"]),
+            )
+        console.print(ptable)
     console.print(f"run directory: {result.run_dir}  report: {result.run_dir / REPORT_FILE}")
 
 

@@ -20,6 +20,8 @@ class RoundResult:
     replies: Sequence[Update | Refusal]
     evaluations: Sequence[Evaluation] = field(default_factory=tuple)
     seconds: float = 0.0
+    aggregated: bool = True
+    """False when too few sites sent an update and the global weights were kept."""
 
 
 class LocalEngine:
@@ -49,7 +51,7 @@ class LocalEngine:
                 replies.append(sites[name].on_plan(plan))
                 if on_site is not None:
                     on_site(round_, name)
-            coordinator.aggregate(round_, replies)
+            aggregated = coordinator.aggregate(round_, replies)
             evaluations: list[Evaluation] = []
             last = round_ == rounds
             if last or (evaluate_every > 0 and round_ % evaluate_every == 0):
@@ -57,4 +59,8 @@ class LocalEngine:
                     request = coordinator.evaluate_request(split)
                     evaluations += [site.on_evaluate(request) for site in sites.values()]
             if on_round is not None:
-                on_round(RoundResult(round_, replies, evaluations, time.perf_counter() - start))
+                on_round(
+                    RoundResult(
+                        round_, replies, evaluations, time.perf_counter() - start, aggregated
+                    )
+                )

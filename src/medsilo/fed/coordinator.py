@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from medsilo.fed.dp import CentralDp, dp_fedavg_pseudo_gradient
 from medsilo.fed.messages import (
     EvaluateRequest,
     Refusal,
@@ -22,7 +23,8 @@ from medsilo.fed.messages import (
     Weights,
     copy_weights,
 )
-from medsilo.fed.strategies import ServerState, StrategySpec, aggregate
+from medsilo.fed.strategies import ServerState, StrategySpec, pseudo_gradient, server_step
+from medsilo.privacy.dpsgd import secret_seed
 
 
 class Coordinator:
@@ -33,6 +35,7 @@ class Coordinator:
         site_names: Sequence[str],
         train_config: TrainConfig,
         seed: int,
+        central_dp: CentralDp | None = None,
     ) -> None:
         if strategy.min_sites > len(site_names):
             raise ValueError(
@@ -46,7 +49,7 @@ class Coordinator:
         self.seed = seed
         self.server_state: ServerState = {}
         self.rounds_done = 0
-        self.refusals: list[Refusal] = []
+        self.central_dp = central_dp
 
     def select(self, round_: int) -> list[str]:
         """Sites asked to train in ``round_``: ceil(fraction * K), at least min_sites."""
@@ -54,7 +57,10 @@ class Coordinator:
         count = min(k, max(self.strategy.min_sites, int(np.ceil(self.strategy.fraction * k))))
         if count == k:
             return list(self.site_names)
-        rng = np.random.default_rng([self.seed, 2, round_])
+        if self.central_dp is not None:  # selection must be secret for amplification
+            rng = np.random.default_rng(secret_seed(self.central_dp.secret, round_, 6))
+        else:
+            rng = np.random.default_rng([self.seed, 2, round_])
         chosen = np.sort(rng.choice(k, size=count, replace=False))
         return [self.site_names[i] for i in chosen]
 
@@ -66,20 +72,24 @@ class Coordinator:
             for name in self.select(round_)
         }
 
-    def aggregate(self, round_: int, replies: Sequence[Update | Refusal]) -> None:
+    def aggregate(self, round_: int, replies: Sequence[Update | Refusal]) -> bool:
+        """Apply the round's updates; returns False when the round was skipped because
+        fewer than ``strategy.min_sites`` sites sent one (refusals, e.g. spent budgets):
+        the global weights then stay as they were."""
         updates = [r for r in replies if isinstance(r, Update)]
-        self.refusals += [r for r in replies if isinstance(r, Refusal)]
         if any(u.round != round_ for u in updates):
             raise ValueError(f"an update for another round arrived in round {round_}")
-        if len(updates) < self.strategy.min_sites:
-            raise RuntimeError(
-                f"round {round_}: {len(updates)} updates, fewer than "
-                f"strategy.min_sites = {self.strategy.min_sites}"
-            )
-        self.weights, self.server_state = aggregate(
-            self.strategy, self.weights, updates, self.server_state
-        )
         self.rounds_done = round_
+        if len(updates) < self.strategy.min_sites:
+            return False
+        if self.central_dp is not None:
+            delta = dp_fedavg_pseudo_gradient(self.weights, updates, self.central_dp, round_)
+        else:
+            delta = pseudo_gradient(self.weights, updates)
+        self.weights, self.server_state = server_step(
+            self.strategy, self.weights, delta, self.server_state
+        )
+        return True
 
     def evaluate_request(self, split: Literal["val", "test"]) -> EvaluateRequest:
         return EvaluateRequest(round=self.rounds_done, weights=self.weights, split=split)

@@ -14,8 +14,18 @@ import torch
 from torch import nn
 
 from medsilo.data.types import SiteData
-from medsilo.fed.messages import EvaluateRequest, Evaluation, RoundPlan, Update, copy_weights
+from medsilo.fed.dp import LocalDp, SiteDp
+from medsilo.fed.messages import (
+    EvaluateRequest,
+    Evaluation,
+    Refusal,
+    RoundPlan,
+    Update,
+    copy_weights,
+)
 from medsilo.fed.training import evaluate, get_weights, set_weights, train_local
+from medsilo.privacy.dpsgd import secret_seed, train_dpsgd
+from medsilo.privacy.ledger import Release
 
 
 def derive_seed(*parts: int) -> int:
@@ -33,6 +43,7 @@ class Site:
         model_factory: Callable[[], nn.Module],
         local_keys: frozenset[str],
         seed: int,
+        dp: SiteDp | None = None,
     ) -> None:
         self.index = index
         self.name = data.name
@@ -40,6 +51,7 @@ class Site:
         self.model = model_factory()
         self.local_keys = local_keys
         self.seed = seed
+        self.dp = dp
         self._tensors = {
             split: (
                 torch.from_numpy(getattr(data, f"x_{split}")),
@@ -53,28 +65,72 @@ class Site:
         set_weights(self.model, weights)  # type: ignore[arg-type]
         set_weights(self.model, self.local_weights)
 
-    def on_plan(self, plan: RoundPlan) -> Update:
-        """Train from the global weights; return the delta on the shared keys."""
+    def on_plan(self, plan: RoundPlan) -> Update | Refusal:
+        """Train from the global weights; return the delta on the shared keys.
+
+        With differential privacy the site first asks its ledger whether this round's
+        release fits its own budget (a :class:`Refusal` if not), and records the release
+        in the ledger, fsync-ed, before the update is returned (write-ahead).
+        """
+        if self.dp is not None:
+            check = self.dp.ledger.would_exceed(self.dp.event())
+            if check.exceeds:
+                budget = self.dp.ledger.budget
+                return Refusal(
+                    site=self.name,
+                    round=plan.round,
+                    reason=(
+                        f"privacy budget: this round would bring epsilon to "
+                        f"{check.epsilon_after:.4g}, over the site's budget {budget}"
+                    ),
+                )
         self._load_global(plan.weights)
         anchor = {k: torch.from_numpy(np.asarray(v)).clone() for k, v in plan.weights.items()}
         x, y = self._tensors["train"]
-        loss = train_local(
-            self.model,
-            x,
-            y,
-            plan.config,
-            seed=derive_seed(self.seed, self.index, plan.round),
-            anchor=anchor,
-        )
+        metrics: dict[str, float] = {}
+        if isinstance(self.dp, LocalDp):
+            run = train_dpsgd(
+                self.model,
+                x,
+                y,
+                sample_rate=self.dp.sample_rate,
+                steps=self.dp.steps_per_round,
+                noise_multiplier=self.dp.noise_multiplier,
+                clip=self.dp.clip,
+                lr=plan.config.lr,
+                momentum=plan.config.momentum,
+                weight_decay=plan.config.weight_decay,
+                sampling_seed=secret_seed(self.dp.secret, plan.round, 1),
+                noise=torch.Generator().manual_seed(secret_seed(self.dp.secret, plan.round, 2)),
+                anchor=anchor,
+                proximal_mu=plan.config.proximal_mu,
+            )
+            metrics["train_loss"] = run.mean_loss
+        else:
+            metrics["train_loss"] = train_local(
+                self.model,
+                x,
+                y,
+                plan.config,
+                seed=derive_seed(self.seed, self.index, plan.round),
+                anchor=anchor,
+            )
         trained = get_weights(self.model)
         self.local_weights = {k: trained[k] for k in self.local_keys}
         delta = {k: trained[k] - np.asarray(v) for k, v in plan.weights.items()}
+        if self.dp is not None:
+            entry = self.dp.ledger.record(
+                Release.of_arrays(
+                    round=plan.round, event=self.dp.event(), clip=self.dp.clip, arrays=delta
+                )
+            )
+            metrics["epsilon"] = float(entry.epsilon_after or 0.0)
         return Update(
             site=self.name,
             round=plan.round,
             delta=delta,
             num_samples=self.data.num_train,
-            metrics={"train_loss": loss},
+            metrics=metrics,
         )
 
     def on_evaluate(self, request: EvaluateRequest) -> Evaluation:

@@ -8,7 +8,7 @@ it, which breaks the accounting).
 
 How the noise is drawn: ``torch.normal`` from a ``torch.Generator`` seeded from the site's
 secret (never from the study seed, which the coordinator knows): see
-:func:`noise_generator`. Opacus' ``secure_mode`` would draw from torchcsprng, which does not
+:func:`secret_seed`. Opacus' ``secure_mode`` would draw from torchcsprng, which does not
 install on these machines; torch's generator is Mersenne Twister, not a CSPRNG, and the
 noise is floating point, so the textbook Gaussian guarantee holds up to the floating-point
 caveat of Mironov (CCS 2012, "On significance of the least significant bits for
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -55,15 +56,17 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     return [str(e) for e in ModuleValidator.validate(model, strict=False)]
 
 
-def noise_generator(secret: bytes, *context: int) -> torch.Generator:
-    """A generator for DP noise, seeded from the site's secret and a context (round).
+def secret_seed(secret: bytes, *context: int) -> int:
+    """A 63-bit seed from a site's 32-byte secret and a context (round, purpose).
 
-    The 64-bit torch seed is SHA-256(secret || context) truncated; the secret (32 bytes
-    from ``secrets``) never leaves the site, so nobody else can regenerate the noise.
+    SHA-256(secret || context) truncated: the secret never leaves its owner, so nobody
+    else can regenerate the noise or the Poisson sample it seeds.
+
+    >>> secret_seed(bytes(32), 1, 2) == secret_seed(bytes(32), 1, 2) != secret_seed(bytes(32), 2, 2)
+    True
     """
-    digest = hashlib.sha256(secret + b"".join(c.to_bytes(8, "big", signed=True)
-                                               for c in context)).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+    material = secret + b"".join(c.to_bytes(8, "big", signed=True) for c in context)
+    return int.from_bytes(hashlib.sha256(material).digest()[:8], "big") >> 1
 
 
 def train_dpsgd(
@@ -93,11 +96,21 @@ def train_dpsgd(
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
     n = len(y)
     expected = max(1, round(sample_rate * n))
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum",
-                           force_functorch=grad_sample_mode == "functorch")
+    gsm = GradSampleModule(
+        model,
+        batch_first=True,
+        loss_reduction="sum",
+        force_functorch=grad_sample_mode == "functorch",
+    )
     base = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    optimizer = DPOptimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=clip,
-                            expected_batch_size=expected, loss_reduction="sum", generator=noise)
+    optimizer = DPOptimizer(
+        base,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clip,
+        expected_batch_size=expected,
+        loss_reduction="sum",
+        generator=noise,
+    )
     sampler = torch.Generator().manual_seed(sampling_seed)
     params = dict(model.named_parameters())
     total_loss, seen = 0.0, 0
@@ -109,7 +122,10 @@ def train_dpsgd(
             optimizer.zero_grad(set_to_none=True)
             if len(idx):
                 loss = F.cross_entropy(gsm(x[idx]), y[idx], reduction="sum")
-                loss.backward()  # type: ignore[no-untyped-call]
+                with warnings.catch_warnings():
+                    # Opacus' hooks on the first layer: inputs need no gradient; harmless.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()  # type: ignore[no-untyped-call]
                 total_loss += float(loss.detach())
                 seen += len(idx)
             else:
@@ -125,15 +141,21 @@ def train_dpsgd(
             base.step()
     finally:
         gsm._close()
-    return DpSgdRun(sample_rate=sample_rate, noise_multiplier=noise_multiplier, clip=clip,
-                    steps=steps, mean_loss=total_loss / max(seen, 1), records_seen=seen)
+    return DpSgdRun(
+        sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier,
+        clip=clip,
+        steps=steps,
+        mean_loss=total_loss / max(seen, 1),
+        records_seen=seen,
+    )
 
 
 def _empty_grad_samples(model: nn.Module) -> None:
     """An empty Poisson sample: zero per-sample gradients, so the step is pure noise."""
     for p in model.parameters():
         if p.requires_grad:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)  # type: ignore[attr-defined]
 
 
 def steps_per_epoch(sample_rate: float) -> int:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from medsilo.report.rundir import REPORT_FILE, RunDirectory, atomic_write_bytes
-from medsilo.report.summary import METRICS, per_site_table, setting_means
+from medsilo.report.summary import METRICS, per_site_table, privacy_table, setting_means
 
 PLOTTED = ("accuracy", "balanced_accuracy", "auroc", "loss")
 
@@ -46,6 +46,45 @@ def _curves(history: pd.DataFrame) -> list[tuple[str, str]]:
         ax.legend(fontsize=7, ncol=2)
         plots.append((metric, _png(fig)))
     return plots
+
+
+def _privacy_section(run_dir: RunDirectory, history: pd.DataFrame) -> list[str]:
+    table = privacy_table(run_dir)
+    if table.empty:
+        return [
+            "<h2>Privacy</h2><p>No differential privacy (<code>privacy.mode = "
+            "'none'</code>): updates leave the sites without any guarantee (epsilon is "
+            "infinite). Baselines and federated models are not private.</p>"
+        ]
+    meta = run_dir.meta["privacy"]
+    out = [
+        "<h2>Privacy</h2>",
+        f"<p>Mode <b>{html.escape(str(meta['mode']))}</b>, unit of "
+        f"privacy one <b>{html.escape(str(meta['unit']))}</b>, accountant "
+        f"{html.escape(str(meta['accountant']))}, delta {meta['delta']:g}. Epsilon spent is "
+        "re-read from each site's own ledger (hash chain verified on opening). In a "
+        "record-level study the local-only and pooled baselines are trained with DP-SGD "
+        "at the same epsilon.</p>",
+        _table(table),
+    ]
+    train = history[history["kind"] == "train"] if "kind" in history else history
+    if "epsilon" in train and not train["epsilon"].isna().all():
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for site, rows in train.groupby("site", sort=False):
+            ax.step(rows["round"], rows["epsilon"], where="post", label=str(site))
+        ax.set_xlabel("round")
+        ax.set_ylabel("epsilon spent")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        out.append(
+            f"<h3>Epsilon per site over rounds</h3><img alt='epsilon' "
+            f"src='data:image/png;base64,{_png(fig)}'>"
+        )
+    refusals = history[history["kind"] == "refusal"] if "kind" in history else history
+    if len(refusals):
+        out.append("<h3>Refusals</h3>")
+        out.append(_table(refusals[["round", "site", "reason"]]))
+    return out
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -89,6 +128,7 @@ def render(run_dir: RunDirectory) -> str:
         "together. It exists only in simulation: in a real deployment no party can "
         "compute it.</p>"
     )
+    parts += _privacy_section(run_dir, history)
     parts.append("<h2>Per site and setting (test split)</h2>")
     parts.append(_table(per_site[["site", "setting", *METRICS]]))
     for metric, png in _curves(history):

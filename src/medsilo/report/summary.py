@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medsilo.errors import MedsiloError
+from medsilo.privacy.ledger import Ledger
 from medsilo.report.rundir import BASELINES_FILE, RunDirectory
 
 SETTINGS = ("federated", "local_only", "pooled")
@@ -55,3 +57,43 @@ def setting_means(per_site: pd.DataFrame) -> pd.DataFrame:
     means = per_site.groupby("setting", sort=False)[list(METRICS)].mean()
     order = [s for s in SETTINGS if s in means.index]
     return means.loc[order].reset_index()
+
+
+def privacy_table(run_dir: RunDirectory) -> pd.DataFrame:
+    """Per site: mechanism, noise, epsilon spent (re-read from the site's own ledger, whose
+    hash chain is verified on opening), budget, remaining, releases and refusals."""
+    meta = run_dir.meta.get("privacy") or {"mode": "none"}
+    if meta.get("mode", "none") == "none":
+        return pd.DataFrame()
+    refusals: dict[str, int] = {}
+    for r in run_dir.records():
+        if r.get("kind") == "refusal":
+            refusals[r["site"]] = refusals.get(r["site"], 0) + 1
+    rows = []
+    for site, plan in meta["sites"].items():
+        path = run_dir.path / "sites" / site
+        row: dict[str, Any] = {
+            "site": site,
+            "mode": meta["mode"],
+            "unit": meta["unit"],
+            "noise_multiplier": plan["noise_multiplier"],
+            "sample_rate": plan["sample_rate"],
+            "clip": meta["clip"],
+            "steps_per_round": plan["steps_per_round"],
+            "planned_epsilon": plan["planned_epsilon"],
+            "refusals": refusals.get(site, 0),
+        }
+        try:
+            with Ledger.open(path) as ledger:
+                row.update(
+                    releases=len(ledger.releases()),
+                    epsilon_spent=ledger.epsilon_spent(),
+                    budget_epsilon=ledger.budget.epsilon,
+                    delta=ledger.budget.delta,
+                    remaining=ledger.remaining(),
+                    ledger="intact",
+                )
+        except MedsiloError as exc:
+            row.update(ledger=f"UNREADABLE: {exc}")
+        rows.append(row)
+    return pd.DataFrame(rows)

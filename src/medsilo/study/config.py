@@ -19,6 +19,8 @@ from medsilo.data.schema import TableSchema
 from medsilo.errors import ConfigError
 from medsilo.fed.messages import TrainConfig
 from medsilo.fed.strategies import StrategySpec
+from medsilo.privacy.spec import DpSgdSpec
+from medsilo.study.privacy import BudgetsSection
 from medsilo.tasks.models import ModelSpec
 
 
@@ -90,6 +92,8 @@ class StudyConfig(_Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSection = Field(default_factory=TrainSection)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
+    privacy: DpSgdSpec = Field(default_factory=DpSgdSpec)
+    budgets: BudgetsSection = Field(default_factory=BudgetsSection)
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)
     engine: EngineSection = Field(default_factory=EngineSection)
 

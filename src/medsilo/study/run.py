@@ -40,6 +40,12 @@ from medsilo.report.rundir import (
 )
 from medsilo.report.summary import per_site_table
 from medsilo.study.config import StudyConfig, load_study, parse_study
+from medsilo.study.privacy import (
+    PrivacyPlan,
+    baseline_privacy,
+    open_site_privacy,
+    plan_privacy,
+)
 from medsilo.tasks.models import build_model, normalization_keys
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
@@ -56,6 +62,7 @@ class Federation:
     coordinator: Coordinator
     model_factory: Callable[[], nn.Module]
     warnings: list[str] = field(default_factory=list)
+    privacy: PrivacyPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +108,38 @@ def build_federation(config: StudyConfig) -> Federation:
             f"strategy.fedbn: model '{config.model.name}' has no normalization "
             "layer to keep local; use model 'cnn' or set fedbn = false"
         )
+    if config.strategy.min_sites > len(data.sites):
+        raise ConfigError(
+            f"strategy.min_sites: must be at most the number of sites, "
+            f"{len(data.sites)} ({', '.join(data.site_names)}) (got {config.strategy.min_sites})"
+        )
     shared = {k: v for k, v in get_weights(template).items() if k not in local_keys}
     sites = {s.name: Site(i, s, model_factory, local_keys, seed) for i, s in enumerate(data.sites)}
     coordinator = Coordinator(shared, config.strategy, list(sites), config.train_config(), seed)
-    return Federation(config, data, sites, coordinator, model_factory, warnings)
+    privacy = plan_privacy(
+        config.privacy,
+        config.budgets,
+        data,
+        config.model,
+        rounds=config.study.rounds,
+        local_epochs=config.train.local_epochs,
+        batch_size=config.train.batch_size,
+        fraction=config.strategy.fraction,
+        template=template,
+    )
+    if privacy is not None:
+        warnings = [*warnings, *privacy.warnings]
+    return Federation(config, data, sites, coordinator, model_factory, warnings, privacy)
+
+
+def attach_privacy(fed: Federation, run_dir: RunDirectory) -> None:
+    """Open each site's ledger and secret in the run directory and arm the round logic."""
+    if fed.privacy is None:
+        return
+    site_dp, central = open_site_privacy(fed.privacy, run_dir.path)
+    for name, site in fed.sites.items():
+        site.dp = site_dp[name]
+    fed.coordinator.central_dp = central
 
 
 def fingerprint(data: FederatedData) -> str:
@@ -177,7 +212,14 @@ def _round_records(result: RoundResult) -> list[dict[str, Any]]:
                 **ev.metrics,
             }
         )
-    records.append({"round": result.round, "kind": "round", "seconds": result.seconds})
+    records.append(
+        {
+            "round": result.round,
+            "kind": "round",
+            "seconds": result.seconds,
+            "aggregated": result.aggregated,
+        }
+    )
     return records
 
 
@@ -215,8 +257,10 @@ def _start(
         "base_dir": base_dir,
         "warnings": fed.warnings,
         "engine": config.engine.name,
+        "privacy": fed.privacy.summary() if fed.privacy is not None else {"mode": "none"},
     }
     run_dir = RunDirectory.create(out, text, meta)
+    attach_privacy(fed, run_dir)
     return _execute(fed, run_dir, progress)
 
 
@@ -241,6 +285,7 @@ def resume_run(path: Path | str, progress: ProgressFn | None = None) -> RunResul
         if arrays is not None:
             _restore(fed, arrays)
         run_dir.truncate_records(fed.coordinator.rounds_done)
+    attach_privacy(fed, run_dir)
     return _execute(fed, run_dir, progress)
 
 
@@ -270,6 +315,8 @@ def _execute(fed: Federation, run_dir: RunDirectory, progress: ProgressFn | None
             on_round=on_round,
             on_site=lambda r, s: notify("site", {"round": r, "site": s}),
             evaluate_every=config.study.evaluate_every,
+            # val_fraction = 0: no validation rows to evaluate on
+            splits=("val", "test") if config.data.val_fraction > 0 else ("test",),
         )
         _run_baselines(fed, run_dir, notify)
         _save_model(fed, run_dir)
@@ -283,17 +330,30 @@ def _execute(fed: Federation, run_dir: RunDirectory, progress: ProgressFn | None
 
 def _run_baselines(fed: Federation, run_dir: RunDirectory, notify: ProgressFn) -> None:
     config, seed = fed.config, fed.config.study.seed
+    local_dp, pooled_dp = baseline_privacy(
+        fed.privacy,
+        fed.data,
+        run_dir.path,
+        rounds=config.study.rounds,
+        local_epochs=config.train.local_epochs,
+        batch_size=config.train.batch_size,
+    )
     out: dict[str, dict[str, dict[str, float]]] = {}
     if config.baselines.local_only:
         out["local_only"] = {}
         for i, site in enumerate(fed.data.sites):
             out["local_only"][site.name] = baselines.local_only(
-                site, i, fed.model_factory, config.baseline_config(), seed
+                site,
+                i,
+                fed.model_factory,
+                config.baseline_config(),
+                seed,
+                local_dp.get(site.name),
             )
             notify("baseline", {"setting": "local_only", "site": site.name})
     if config.baselines.pooled:
         out["pooled"] = baselines.pooled(
-            fed.data, fed.model_factory, config.baseline_config(), seed
+            fed.data, fed.model_factory, config.baseline_config(), seed, pooled_dp
         )
         notify("baseline", {"setting": "pooled", "site": "all"})
     atomic_write_json(run_dir.path / BASELINES_FILE, out)

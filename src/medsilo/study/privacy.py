@@ -1,0 +1,279 @@
+"""Turn a study's ``[privacy]`` and ``[budgets]`` sections into each site's DP settings.
+
+Planning happens before anything is written (bad values are errors naming the field and
+the site); ledgers and secrets are opened only once the run directory exists:
+
+* ``local``: per site, q = batch / n (Poisson), ``steps_per_round = local_epochs x ceil(1/q)``,
+  sigma given or calibrated so that ``rounds x steps_per_round`` steps spend at most the
+  target epsilon. A site that is not selected in a round spends nothing, so calibrating for
+  every round is conservative when ``fraction < 1``.
+* ``central`` (``unit = "site"``): DP-FedAvg at the coordinator, q = fraction of sites, one
+  step per round, sigma (z) given or calibrated for ``rounds`` steps.
+
+Each site's budget comes from ``[budgets]`` (``default`` and per-site ``sites.NAME``); in a
+real deployment each site sets it itself. A site without one gets the study's planned
+epsilon as its budget (reported as a warning).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medsilo.data.types import FederatedData
+from medsilo.errors import ConfigError
+from medsilo.fed.baselines import BaselineDp
+from medsilo.fed.dp import CentralDp, CentralDpSite, LocalDp, SiteDp
+from medsilo.privacy.accounting import epsilon_after
+from medsilo.privacy.dpsgd import steps_per_epoch, unsupported_layers
+from medsilo.privacy.ledger import Budget, Ledger
+from medsilo.privacy.spec import DpSgdSpec
+from medsilo.tasks.models import ModelSpec
+
+SITES_DIR = "sites"
+SECRET_FILE = "secret.key"
+
+
+class BudgetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: float = Field(gt=0, allow_inf_nan=False)
+    delta: float = Field(gt=0, lt=1)
+
+
+class BudgetsSection(BaseModel):
+    """``[budgets]``: each site's own (epsilon, delta) over the whole study."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: BudgetSpec | None = None
+    sites: dict[str, BudgetSpec] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    site: str
+    sample_rate: float
+    noise_multiplier: float
+    steps_per_round: int
+    planned_epsilon: float
+    budget: Budget
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    spec: DpSgdSpec
+    sites: dict[str, SitePlan]
+    expected_sites: float = 0.0
+    """q K for central mode's fixed denominator."""
+    warnings: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, object]:
+        """JSON-ready, for run.json and the report."""
+        return {
+            "mode": self.spec.mode,
+            "unit": self.spec.unit,
+            "clip": self.spec.clip,
+            "delta": self.spec.delta,
+            "accountant": self.spec.accountant,
+            "sites": {
+                name: {
+                    "sample_rate": p.sample_rate,
+                    "noise_multiplier": p.noise_multiplier,
+                    "steps_per_round": p.steps_per_round,
+                    "planned_epsilon": p.planned_epsilon,
+                    "budget_epsilon": p.budget.epsilon,
+                    "budget_delta": p.budget.delta,
+                }
+                for name, p in self.sites.items()
+            },
+        }
+
+
+def plan_privacy(
+    spec: DpSgdSpec,
+    budgets: BudgetsSection,
+    data: FederatedData,
+    model: ModelSpec,
+    *,
+    rounds: int,
+    local_epochs: int,
+    batch_size: int,
+    fraction: float,
+    template: object,
+) -> PrivacyPlan | None:
+    """Validate and plan; raises ConfigError naming the field, site and value."""
+    if not spec.enabled:
+        if budgets.default is not None or budgets.sites:
+            raise ConfigError(
+                "budgets: set but privacy.mode = 'none'; budgets apply to "
+                "differentially private releases (set privacy.mode)"
+            )
+        return None
+    problems = unsupported_layers(template)  # type: ignore[arg-type]
+    if problems:
+        raise ConfigError(
+            f"model.name: '{model.name}' cannot be trained with DP-SGD: "
+            f"{'; '.join(problems)}. Use GroupNorm/LayerNorm instead of BatchNorm"
+        )
+    unknown = sorted(set(budgets.sites) - set(data.site_names))
+    if unknown:
+        raise ConfigError(
+            f"budgets.sites: unknown site(s) {unknown}; the sites are {list(data.site_names)}"
+        )
+    assert spec.delta is not None and spec.clip is not None  # DpSgdSpec guarantees both
+    if spec.mode == "central" and spec.unit != "site":
+        raise ConfigError(
+            "privacy.unit: mode = 'central' is implemented as DP-FedAvg, which "
+            "protects whole sites; set unit = 'site', or use mode = 'local' for "
+            "record-level DP-SGD at each site (got unit = 'record')"
+        )
+    warnings: list[str] = []
+    plans: dict[str, SitePlan] = {}
+    if spec.mode == "central":
+        k = len(data.sites)
+        q = min(1.0, max(1, math.ceil(fraction * k)) / k)
+        sigma = spec.resolve_noise_multiplier(sample_rate=q, steps=rounds)
+        planned = epsilon_after(
+            [spec.event(sample_rate=q, noise_multiplier=sigma, steps=rounds)],
+            spec.delta,
+            spec.accountant,
+        )
+        for site in data.sites:
+            plans[site.name] = SitePlan(
+                site.name,
+                q,
+                sigma,
+                1,
+                planned,
+                _budget(budgets, site.name, planned, spec, warnings),
+            )
+        return PrivacyPlan(spec, plans, q * k, tuple(warnings))
+    for site in data.sites:
+        n = site.num_train
+        try:
+            q = spec.sampling_rate(n, default_batch_size=batch_size)
+            steps = local_epochs * steps_per_epoch(q)
+            sigma = spec.resolve_noise_multiplier(
+                sample_rate=q, steps=rounds * steps, dataset_size=n, site=site.name
+            )
+        except ConfigError as exc:
+            raise ConfigError(
+                f"privacy (site '{site.name}', {n} training records): {exc}"
+            ) from None
+        planned = epsilon_after(
+            [spec.event(sample_rate=q, noise_multiplier=sigma, steps=rounds * steps)],
+            spec.delta,
+            spec.accountant,
+        )
+        plans[site.name] = SitePlan(
+            site.name,
+            q,
+            sigma,
+            steps,
+            planned,
+            _budget(budgets, site.name, planned, spec, warnings),
+        )
+    return PrivacyPlan(spec, plans, 0.0, tuple(warnings))
+
+
+def _budget(
+    budgets: BudgetsSection, site: str, planned: float, spec: DpSgdSpec, warnings: list[str]
+) -> Budget:
+    chosen = budgets.sites.get(site) or budgets.default
+    if chosen is not None:
+        return Budget(chosen.epsilon, chosen.delta)
+    assert spec.delta is not None
+    # Nudge by a relative 1e-9 so float noise in recomputing the same epsilon cannot refuse.
+    epsilon = (spec.target_epsilon or planned) * (1 + 1e-9)
+    warnings.append(
+        f"site '{site}' has no budget of its own ([budgets]); it gets the study's "
+        f"planned epsilon {epsilon:.4g} at delta {spec.delta:g}"
+    )
+    return Budget(epsilon, spec.delta)
+
+
+def _secret(path: Path) -> bytes:
+    """Read or create a 32-byte secret (mode 0600) that never leaves its owner."""
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) != 32:
+            raise ConfigError(f"{path}: a secret must be 32 bytes, found {len(data)}")
+        return data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return data
+
+
+def open_site_privacy(
+    plan: PrivacyPlan, run_path: Path
+) -> tuple[dict[str, SiteDp], CentralDp | None]:
+    """Open (or create) each site's ledger and secret under ``RUN/sites/NAME``."""
+    spec = plan.spec
+    assert spec.clip is not None
+    out: dict[str, SiteDp] = {}
+    for name, p in plan.sites.items():
+        site_dir = run_path / SITES_DIR / name
+        site_dir.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.open(site_dir, site=name, budget=p.budget, accountant=spec.accountant)
+        if spec.mode == "central":
+            out[name] = CentralDpSite(p.sample_rate, p.noise_multiplier, spec.clip, ledger)
+        else:
+            out[name] = LocalDp(
+                p.sample_rate,
+                p.noise_multiplier,
+                spec.clip,
+                p.steps_per_round,
+                _secret(site_dir / SECRET_FILE),
+                ledger,
+            )
+    central = None
+    if spec.mode == "central":
+        first = next(iter(plan.sites.values()))
+        central = CentralDp(
+            spec.clip,
+            first.noise_multiplier,
+            plan.expected_sites,
+            _secret(run_path / "coordinator" / SECRET_FILE),
+        )
+    return out, central
+
+
+def baseline_privacy(
+    plan: PrivacyPlan | None,
+    data: FederatedData,
+    run_path: Path,
+    *,
+    rounds: int,
+    local_epochs: int,
+    batch_size: int,
+) -> tuple[dict[str, BaselineDp], BaselineDp | None]:
+    """DP-SGD plans for the baselines of a record-level (``local``) study, at the same
+    epsilon: local-only takes each site's own plan for the whole study; pooled-DP is
+    calibrated for the pooled sampling rate. Other modes train non-private baselines."""
+    if plan is None or plan.spec.mode != "local":
+        return {}, None
+    spec = plan.spec
+    assert spec.clip is not None
+    secret = _secret(run_path / "baselines" / SECRET_FILE)
+    local = {
+        name: BaselineDp(
+            p.sample_rate, p.noise_multiplier, spec.clip, rounds * p.steps_per_round, secret
+        )
+        for name, p in plan.sites.items()
+    }
+    n = sum(s.num_train for s in data.sites)
+    q = spec.sampling_rate(n, default_batch_size=batch_size)
+    steps = rounds * local_epochs * steps_per_epoch(q)
+    sigma = spec.resolve_noise_multiplier(sample_rate=q, steps=steps, dataset_size=n, site="pooled")
+    return local, BaselineDp(q, sigma, spec.clip, steps, secret)
