@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import typer
@@ -13,6 +14,10 @@ from medsilo.cli import run as run_commands
 # Flower must never install dependencies at run time (it pulls a CUDA torch) or phone home.
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+# dp-accounting logs (through absl) every RDP order whose series does not converge while
+# noise is being calibrated; those orders are excluded, which is safe. Keep the CLI quiet.
+logging.getLogger("absl").setLevel(logging.ERROR)
 
 app = typer.Typer(
     name="medsilo",

@@ -99,7 +99,7 @@ def train_dpsgd(
     gsm = GradSampleModule(
         model,
         batch_first=True,
-        loss_reduction="sum",
+        loss_reduction="mean",
         force_functorch=grad_sample_mode == "functorch",
     )
     base = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -108,7 +108,7 @@ def train_dpsgd(
         noise_multiplier=noise_multiplier,
         max_grad_norm=clip,
         expected_batch_size=expected,
-        loss_reduction="sum",
+        loss_reduction="mean",
         generator=noise,
     )
     sampler = torch.Generator().manual_seed(sampling_seed)
@@ -121,12 +121,12 @@ def train_dpsgd(
             idx = torch.nonzero(mask).flatten()
             optimizer.zero_grad(set_to_none=True)
             if len(idx):
-                loss = F.cross_entropy(gsm(x[idx]), y[idx], reduction="sum")
+                loss = F.cross_entropy(gsm(x[idx]), y[idx], reduction="mean")
                 with warnings.catch_warnings():
                     # Opacus' hooks on the first layer: inputs need no gradient; harmless.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()  # type: ignore[no-untyped-call]
-                total_loss += float(loss.detach())
+                total_loss += float(loss.detach()) * len(idx)
                 seen += len(idx)
             else:
                 _empty_grad_samples(model)

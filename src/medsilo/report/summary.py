@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,8 @@ def privacy_table(run_dir: RunDirectory) -> pd.DataFrame:
             refusals[r["site"]] = refusals.get(r["site"], 0) + 1
     rows = []
     for site, plan in meta["sites"].items():
-        path = run_dir.path / "sites" / site
+        ledgers = meta.get("ledger_dir")
+        path = Path(ledgers) / site if ledgers else run_dir.path / "sites" / site
         row: dict[str, Any] = {
             "site": site,
             "mode": meta["mode"],

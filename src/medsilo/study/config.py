@@ -171,6 +171,13 @@ def parse_study(text: str, source: str = "<study>", base_dir: Path | None = None
             }
         if update:
             config = config.model_copy(update={"data": data.model_copy(update=update)})
+        ledgers = config.budgets.ledger_dir
+        if ledgers is not None and not ledgers.is_absolute():
+            config = config.model_copy(
+                update={
+                    "budgets": config.budgets.model_copy(update={"ledger_dir": base_dir / ledgers})
+                }
+            )
     return config
 
 

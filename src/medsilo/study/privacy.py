@@ -53,6 +53,9 @@ class BudgetsSection(BaseModel):
 
     default: BudgetSpec | None = None
     sites: dict[str, BudgetSpec] = Field(default_factory=dict)
+    ledger_dir: Path | None = None
+    """Where each site keeps its ledger and secret across studies (``DIR/SITE/``). By
+    default they live in the run directory (``RUN/sites/SITE/``) and start empty."""
 
 
 @dataclass(frozen=True)
@@ -215,17 +218,56 @@ def _secret(path: Path) -> bytes:
     return data
 
 
+def site_dir(run_path: Path, ledger_dir: Path | None, site: str) -> Path:
+    """A site's private directory (ledger, secret): ``ledger_dir/SITE`` or ``RUN/sites/SITE``."""
+    return (ledger_dir if ledger_dir is not None else run_path / SITES_DIR) / site
+
+
+def check_budgets(plan: PrivacyPlan | None, ledger_dir: Path | None) -> list[str]:
+    """Before a run starts: read the sites' existing ledgers (``ledger_dir``) and name the
+    sites whose budget cannot afford one round. Every site spent -> ConfigError (nothing
+    is released); some -> warnings (those sites will refuse every round)."""
+    if plan is None or ledger_dir is None:
+        return []
+    spent = []
+    for name, p in plan.sites.items():
+        path = ledger_dir / name
+        if not (path / "ledger.sqlite").exists():
+            continue
+        event = plan.spec.event(
+            sample_rate=p.sample_rate, noise_multiplier=p.noise_multiplier, steps=p.steps_per_round
+        )
+        with Ledger.open(path, site=name) as ledger:
+            check = ledger.would_exceed(event)
+            if check.exceeds:
+                spent.append(
+                    f"site '{name}' has spent {ledger.epsilon_spent():.4g} of its budget "
+                    f"{ledger.budget}; one more round would bring it to {check.epsilon_after:.4g}"
+                )
+    if spent and len(spent) == len(plan.sites):
+        raise ConfigError(
+            "budgets: every site's privacy budget is already spent, so no site may release "
+            "anything: " + "; ".join(spent) + ". A site raises its own budget "
+            "(Ledger.change_budget), or the study plans fewer rounds or more noise"
+        )
+    return [f"{line}: it will refuse every round" for line in spent]
+
+
 def open_site_privacy(
-    plan: PrivacyPlan, run_path: Path
+    plan: PrivacyPlan, run_path: Path, ledger_dir: Path | None = None
 ) -> tuple[dict[str, SiteDp], CentralDp | None]:
-    """Open (or create) each site's ledger and secret under ``RUN/sites/NAME``."""
+    """Open (or create) each site's ledger and secret (see :func:`site_dir`). An existing
+    ledger keeps the budget its site set; a new one starts with the planned budget."""
     spec = plan.spec
     assert spec.clip is not None
     out: dict[str, SiteDp] = {}
     for name, p in plan.sites.items():
-        site_dir = run_path / SITES_DIR / name
-        site_dir.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger.open(site_dir, site=name, budget=p.budget, accountant=spec.accountant)
+        path = site_dir(run_path, ledger_dir, name)
+        path.mkdir(parents=True, exist_ok=True)
+        exists = (path / "ledger.sqlite").exists()
+        ledger = Ledger.open(
+            path, site=name, budget=None if exists else p.budget, accountant=spec.accountant
+        )
         if spec.mode == "central":
             out[name] = CentralDpSite(p.sample_rate, p.noise_multiplier, spec.clip, ledger)
         else:
@@ -234,7 +276,7 @@ def open_site_privacy(
                 p.noise_multiplier,
                 spec.clip,
                 p.steps_per_round,
-                _secret(site_dir / SECRET_FILE),
+                _secret(path / SECRET_FILE),
                 ledger,
             )
     central = None

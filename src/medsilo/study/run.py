@@ -43,6 +43,7 @@ from medsilo.study.config import StudyConfig, load_study, parse_study
 from medsilo.study.privacy import (
     PrivacyPlan,
     baseline_privacy,
+    check_budgets,
     open_site_privacy,
     plan_privacy,
 )
@@ -136,7 +137,7 @@ def attach_privacy(fed: Federation, run_dir: RunDirectory) -> None:
     """Open each site's ledger and secret in the run directory and arm the round logic."""
     if fed.privacy is None:
         return
-    site_dp, central = open_site_privacy(fed.privacy, run_dir.path)
+    site_dp, central = open_site_privacy(fed.privacy, run_dir.path, fed.config.budgets.ledger_dir)
     for name, site in fed.sites.items():
         site.dp = site_dp[name]
     fed.coordinator.central_dp = central
@@ -248,6 +249,7 @@ def _start(
     config: StudyConfig, text: str, base_dir: str | None, out: Path, progress: ProgressFn | None
 ) -> RunResult:
     fed = build_federation(config)
+    fed.warnings += check_budgets(fed.privacy, config.budgets.ledger_dir)
     meta = {
         "study": config.study.name,
         "seed": config.study.seed,
@@ -257,11 +259,19 @@ def _start(
         "base_dir": base_dir,
         "warnings": fed.warnings,
         "engine": config.engine.name,
-        "privacy": fed.privacy.summary() if fed.privacy is not None else {"mode": "none"},
+        "privacy": (
+            {**fed.privacy.summary(), "ledger_dir": _str_or_none(config.budgets.ledger_dir)}
+            if fed.privacy is not None
+            else {"mode": "none"}
+        ),
     }
     run_dir = RunDirectory.create(out, text, meta)
     attach_privacy(fed, run_dir)
     return _execute(fed, run_dir, progress)
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def resume_run(path: Path | str, progress: ProgressFn | None = None) -> RunResult:
