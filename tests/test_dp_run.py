@@ -240,6 +240,6 @@ def test_bad_privacy_settings_exit_2_naming_the_field(
 def test_delta_at_least_one_over_n_names_the_site(tmp_path: Path) -> None:
     # Cleveland has 166 training records: delta = 0.01 >= 1/166.
     text = HEART_DP.format(rounds=1, extra="").replace("delta = 1e-4", "delta = 0.01")
-    with pytest.raises(ConfigError, match="site .cleveland., 166 training records"):
+    with pytest.raises(ConfigError, match=r"site 'cleveland', 166 training records"):
         run_study_text(text, tmp_path / "run")
     assert not (tmp_path / "run").exists()
