@@ -22,6 +22,8 @@ class RoundResult:
     seconds: float = 0.0
     aggregated: bool = True
     """False when too few sites sent an update and the global weights were kept."""
+    secagg: Mapping[str, object] = field(default_factory=dict)
+    """What the coordinator saw of the round's secure-aggregation session."""
 
 
 class LocalEngine:
@@ -51,6 +53,12 @@ class LocalEngine:
                 replies.append(sites[name].on_plan(plan))
                 if on_site is not None:
                     on_site(round_, name)
+            if coordinator.secagg is not None:
+                participants = [r.site for r in replies if isinstance(r, Update)]
+                outbox = coordinator.secagg_open(participants)
+                while outbox:  # the five stages of the session, carried by reference
+                    inbox = [sites[site].on_secagg(message) for site, message in outbox.items()]
+                    outbox = coordinator.secagg_step(inbox)
             aggregated = coordinator.aggregate(round_, replies)
             evaluations: list[Evaluation] = []
             last = round_ == rounds
@@ -61,6 +69,11 @@ class LocalEngine:
             if on_round is not None:
                 on_round(
                     RoundResult(
-                        round_, replies, evaluations, time.perf_counter() - start, aggregated
+                        round_,
+                        replies,
+                        evaluations,
+                        time.perf_counter() - start,
+                        aggregated,
+                        dict(coordinator.secagg_log),
                     )
                 )

@@ -23,8 +23,18 @@ from medsilo.fed.messages import (
     Weights,
     copy_weights,
 )
+from medsilo.fed.secure import (
+    SecAggRound,
+    SecAggSpec,
+    decode_mean,
+    round_quantizer,
+    session_config,
+)
 from medsilo.fed.strategies import ServerState, StrategySpec, pseudo_gradient, server_step
 from medsilo.privacy.dpsgd import secret_seed
+from medsilo.secagg.errors import AbortError
+from medsilo.secagg.messages import ToCoordinator, ToSite
+from medsilo.secagg.server import CoordinatorState, Finished, coordinator_step, start
 
 
 class Coordinator:
@@ -36,6 +46,7 @@ class Coordinator:
         train_config: TrainConfig,
         seed: int,
         central_dp: CentralDp | None = None,
+        secagg: SecAggSpec | None = None,
     ) -> None:
         if strategy.min_sites > len(site_names):
             raise ValueError(
@@ -50,6 +61,18 @@ class Coordinator:
         self.server_state: ServerState = {}
         self.rounds_done = 0
         self.central_dp = central_dp
+        self.secagg = secagg if secagg is not None and secagg.enabled else None
+        if self.secagg is not None and central_dp is not None:
+            raise ValueError(
+                "central DP clips each site's update at the coordinator, which "
+                "secure aggregation hides: use privacy.mode = 'local'"
+            )
+        self.verify_keys: dict[str, bytes] = {}
+        """Each site's registered Ed25519 verify key (site authentication)."""
+        self._round_secagg: SecAggRound | None = None
+        self._session: CoordinatorState | None = None
+        self.secagg_log: dict[str, object] = {}
+        """What the coordinator saw of the last session (for the report)."""
 
     def select(self, round_: int) -> list[str]:
         """Sites asked to train in ``round_``: ceil(fraction * K), at least min_sites."""
@@ -67,10 +90,49 @@ class Coordinator:
     def plan(self, round_: int) -> dict[str, RoundPlan]:
         if round_ != self.rounds_done + 1:
             raise ValueError(f"round {round_} planned after {self.rounds_done} completed rounds")
+        selected = self.select(round_)
+        self._round_secagg, self._session, self.secagg_log = None, None, {}
+        if self.secagg is not None:
+            self._round_secagg = SecAggRound(
+                round_quantizer(self.secagg, len(selected)), tuple(sorted(self.weights))
+            )
         return {
-            name: RoundPlan(round=round_, weights=self.weights, config=self.train_config)
-            for name in self.select(round_)
+            name: RoundPlan(
+                round=round_,
+                weights=self.weights,
+                config=self.train_config,
+                secagg=self._round_secagg,
+            )
+            for name in selected
         }
+
+    def secagg_open(self, participants: Sequence[str]) -> dict[str, ToSite]:
+        """Open this round's session among the sites that sent a (masked) update."""
+        assert self.secagg is not None and self._round_secagg is not None
+        self.secagg_log = {"participants": list(participants), "bits": self.secagg.bits}
+        if len(participants) < 2:
+            self.secagg_log["aborted"] = "fewer than 2 sites sent a masked update"
+            return {}
+        rng = np.random.default_rng([self.seed, 8, self.rounds_done + 1])  # public graph
+        dim = sum(int(np.size(self.weights[k])) for k in self._round_secagg.keys)
+        config = session_config(self.secagg, participants, dim, rng)
+        self.secagg_log.update(threshold=config.threshold, degree=config.graph.degree)
+        self._session, setup = start(config, {s: self.verify_keys[s] for s in participants})
+        return dict(setup)
+
+    def secagg_step(self, inbox: Sequence[ToCoordinator]) -> dict[str, ToSite]:
+        """Close a stage with the replies that arrived; empty when the session ended."""
+        assert self._session is not None
+        try:
+            self._session, outbox = coordinator_step(self._session, inbox)
+        except AbortError as error:  # fewer than t survived: release nothing
+            self.secagg_log["aborted"] = f"{error.stage}: {error.detail}"
+            self._session = None
+            return {}
+        if isinstance(self._session, Finished):
+            self.secagg_log["survivors"] = list(self._session.survivors)
+            return {}
+        return outbox
 
     def aggregate(self, round_: int, replies: Sequence[Update | Refusal]) -> bool:
         """Apply the round's updates; returns False when the round was skipped because
@@ -82,7 +144,12 @@ class Coordinator:
         self.rounds_done = round_
         if len(updates) < self.strategy.min_sites:
             return False
-        if self.central_dp is not None:
+        if self.secagg is not None:
+            if not isinstance(self._session, Finished) or self._round_secagg is None:
+                return False  # the session aborted: nothing was revealed, nothing applied
+            total, survivors = self._session.total, len(self._session.survivors)
+            delta = decode_mean(self._round_secagg, total, survivors, self.weights)
+        elif self.central_dp is not None:
             delta = dp_fedavg_pseudo_gradient(self.weights, updates, self.central_dp, round_)
         else:
             delta = pseudo_gradient(self.weights, updates)

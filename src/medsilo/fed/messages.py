@@ -32,11 +32,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """Coordinator -> site: train from these global weights."""
+    """Coordinator -> site: train from these global weights. ``secagg`` (a
+    :class:`medsilo.fed.secure.SecAggRound`) asks for a masked update instead of a clear one."""
 
     round: int
     weights: Weights
     config: TrainConfig
+    secagg: object | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Update:
     delta: Weights
     num_samples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    masked: bool = False
+    """True under secure aggregation: ``delta`` is empty and the site's encoded delta
+    enters only the masked sum of the secure-aggregation session."""
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,13 @@ from medsilo.fed.messages import (
     Update,
     copy_weights,
 )
+from medsilo.fed.secure import SecAggRound, flatten
 from medsilo.fed.training import evaluate, get_weights, set_weights, train_local
 from medsilo.privacy.dpsgd import secret_seed, train_dpsgd
 from medsilo.privacy.ledger import Release
+from medsilo.secagg import crypto
+from medsilo.secagg.client import SiteInit, SiteState, site_step
+from medsilo.secagg.messages import ToCoordinator, ToSite
 
 
 def derive_seed(*parts: int) -> int:
@@ -52,6 +56,11 @@ class Site:
         self.local_keys = local_keys
         self.seed = seed
         self.dp = dp
+        # Long-term Ed25519 identity for secure aggregation: the private key never leaves
+        # the site; the verify key is registered with every party up front.
+        self.signing_key, self.verify_key = crypto.ed25519_keypair()
+        self.verify_keys: dict[str, bytes] = {}
+        self._secagg: SiteState | None = None
         self._tensors = {
             split: (
                 torch.from_numpy(getattr(data, f"x_{split}")),
@@ -118,6 +127,11 @@ class Site:
         trained = get_weights(self.model)
         self.local_weights = {k: trained[k] for k in self.local_keys}
         delta = {k: trained[k] - np.asarray(v) for k, v in plan.weights.items()}
+        if isinstance(plan.secagg, SecAggRound):
+            encoded = plan.secagg.quantizer.encode(flatten(delta, plan.secagg.keys))
+            self._secagg = SiteInit(
+                self.name, self.signing_key, self.verify_keys, plan.secagg.quantizer.bits, encoded
+            )
         if self.dp is not None:
             entry = self.dp.ledger.record(
                 Release.of_arrays(
@@ -125,13 +139,26 @@ class Site:
                 )
             )
             metrics["epsilon"] = float(entry.epsilon_after or 0.0)
+        if self.dp is not None:
+            # The training loss is a statistic of the private data outside the accounted
+            # release: it stays at the site.
+            metrics.pop("train_loss")
+        masked = plan.secagg is not None
         return Update(
             site=self.name,
             round=plan.round,
-            delta=delta,
+            delta={} if masked else delta,
             num_samples=self.data.num_train,
             metrics=metrics,
+            masked=masked,
         )
+
+    def on_secagg(self, message: ToSite) -> ToCoordinator:
+        """One stage of this round's secure-aggregation session."""
+        if self._secagg is None:
+            raise RuntimeError(f"site {self.name!r}: no secure-aggregation input this round")
+        self._secagg, reply = site_step(self._secagg, message)
+        return reply
 
     def on_evaluate(self, request: EvaluateRequest) -> Evaluation:
         self._load_global(request.weights)

@@ -18,6 +18,7 @@ from medsilo.data.federate import PartitionSpec
 from medsilo.data.schema import TableSchema
 from medsilo.errors import ConfigError
 from medsilo.fed.messages import TrainConfig
+from medsilo.fed.secure import SecAggSpec
 from medsilo.fed.strategies import StrategySpec
 from medsilo.privacy.spec import DpSgdSpec
 from medsilo.study.privacy import BudgetsSection
@@ -93,9 +94,20 @@ class StudyConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     privacy: DpSgdSpec = Field(default_factory=DpSgdSpec)
+    secure_aggregation: SecAggSpec = Field(default_factory=SecAggSpec)
     budgets: BudgetsSection = Field(default_factory=BudgetsSection)
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)
     engine: EngineSection = Field(default_factory=EngineSection)
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> StudyConfig:
+        if self.secure_aggregation.enabled and self.privacy.mode == "central":
+            raise ValueError(
+                "secure_aggregation.enabled: central DP clips and noises each site's update "
+                "at the coordinator, which secure aggregation hides from it; use "
+                "privacy.mode = 'local' (or 'distributed') with secure aggregation"
+            )
+        return self
 
     def train_config(self) -> TrainConfig:
         t = self.train

@@ -116,7 +116,19 @@ def build_federation(config: StudyConfig) -> Federation:
         )
     shared = {k: v for k, v in get_weights(template).items() if k not in local_keys}
     sites = {s.name: Site(i, s, model_factory, local_keys, seed) for i, s in enumerate(data.sites)}
-    coordinator = Coordinator(shared, config.strategy, list(sites), config.train_config(), seed)
+    coordinator = Coordinator(
+        shared,
+        config.strategy,
+        list(sites),
+        config.train_config(),
+        seed,
+        secagg=config.secure_aggregation,
+    )
+    # Site authentication: every party knows every site's Ed25519 verify key up front.
+    registry = {name: site.verify_key for name, site in sites.items()}
+    coordinator.verify_keys = dict(registry)
+    for site in sites.values():
+        site.verify_keys = dict(registry)
     privacy = plan_privacy(
         config.privacy,
         config.budgets,
@@ -219,6 +231,7 @@ def _round_records(result: RoundResult) -> list[dict[str, Any]]:
             "kind": "round",
             "seconds": result.seconds,
             "aggregated": result.aggregated,
+            **({"secagg": dict(result.secagg)} if result.secagg else {}),
         }
     )
     return records

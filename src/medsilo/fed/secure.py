@@ -1,0 +1,96 @@
+"""Secure aggregation in the round logic (Bonawitz et al., CCS 2017; SecAgg+ graph of
+Bell et al., CCS 2020; the protocol itself lives in :mod:`medsilo.secagg`).
+
+With ``[secure_aggregation] enabled = true`` a site never sends its update in the clear:
+it clips each coordinate of its flattened delta to ``[-clip, clip]``, encodes it in
+Z_(2^bits) (:class:`~medsilo.secagg.quantize.Quantizer`) and takes part in a session whose
+five stages the engine carries. The coordinator sees key advertisements, encrypted shares,
+*masked* vectors (uniform in Z_(2^bits)), signatures and unmasking shares, and learns only
+the sum of the survivors' vectors; it divides by the number of survivors.
+
+Aggregation is therefore the *unweighted* mean of the sites' clipped deltas (sample-
+weighted FedAvg would need every site's count, and bounded-sensitivity DP needs uniform
+weights, as in Dopamine and DP-FedAvg). Strategies that need individual updates (central
+DP's server-side clipping) are rejected with secure aggregation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from medsilo.fed.messages import Weights
+from medsilo.secagg.config import SessionConfig
+from medsilo.secagg.graph import complete_graph, harary_graph, plan_graph
+from medsilo.secagg.quantize import Quantizer, choose_scale
+
+
+class SecAggSpec(BaseModel):
+    """``[secure_aggregation]`` in a study file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    bits: int = Field(default=32, ge=8, le=53)
+    """Modulus 2^bits of the ring the sums live in."""
+    clip: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    """Each coordinate of a site's delta is clipped to [-clip, clip] before encoding."""
+    dropout_rate: float = Field(default=0.2, ge=0, lt=1)
+    """Fraction of a round's sites the session must survive losing (sets threshold t)."""
+    full_graph_max: int = Field(default=20, ge=2)
+    """Up to this many sites every pair shares masks; above, a SecAgg+ Harary graph."""
+
+
+@dataclass(frozen=True)
+class SecAggRound:
+    """What every party of one round's session agrees on (sent in the round plan)."""
+
+    quantizer: Quantizer
+    keys: tuple[str, ...]
+    """Shared weight names, in the order they are flattened."""
+
+
+def flatten(weights: Weights, keys: Sequence[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(weights[k], dtype=np.float64).ravel() for k in keys])
+
+
+def unflatten(vector: np.ndarray, template: Weights, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    out, start = {}, 0
+    for k in keys:
+        shape = np.shape(template[k])
+        size = int(np.prod(shape))
+        out[k] = vector[start : start + size].reshape(shape)
+        start += size
+    return out
+
+
+def round_quantizer(spec: SecAggSpec, sites: int) -> Quantizer:
+    """Encoding with headroom for ``sites`` summands (the sites asked to train)."""
+    n = max(2, sites)
+    return Quantizer(spec.clip, n, spec.bits, choose_scale(spec.clip, n, spec.bits))
+
+
+def session_config(
+    spec: SecAggSpec, participants: Sequence[str], dim: int, rng: np.random.Generator
+) -> SessionConfig:
+    """A session among ``participants``: a fresh random id, and the graph and threshold t
+    from :func:`~medsilo.secagg.graph.plan_graph` (complete up to ``full_graph_max``)."""
+    n = len(participants)
+    plan = plan_graph(n, spec.dropout_rate, full_graph_max=spec.full_graph_max)
+    graph = (
+        complete_graph(participants)
+        if plan.degree == n - 1
+        else harary_graph(participants, plan.degree, rng)
+    )
+    return SessionConfig(os.urandom(16), graph, plan.threshold, spec.bits, dim)
+
+
+def decode_mean(
+    round_: SecAggRound, total: np.ndarray, survivors: int, template: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Mean of the survivors' clipped deltas from the unmasked sum."""
+    return unflatten(round_.quantizer.decode(total, survivors) / survivors, template, round_.keys)
