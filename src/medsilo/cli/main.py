@@ -10,6 +10,7 @@ import typer
 from medsilo.cli import datasets
 from medsilo.cli import ledger as ledger_commands
 from medsilo.cli import run as run_commands
+from medsilo.cli.audit import audit as audit_command
 
 # Flower must never install dependencies at run time (it pulls a CUDA torch) or phone home.
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -31,5 +32,6 @@ app = typer.Typer(
 app.command()(run_commands.run)
 app.command()(run_commands.demo)
 app.command()(run_commands.report)
+app.command()(audit_command)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(ledger_commands.app, name="ledger")
