@@ -15,6 +15,8 @@ from rich.table import Table
 
 from medsilo.cli._common import console, handle_errors
 from medsilo.privacy.audit import AttackResult
+from medsilo.report.html import write_report
+from medsilo.report.rundir import RunDirectory
 from medsilo.study.audit import AUDIT_FILE, AuditOptions, AuditReport, audit_run
 
 
@@ -141,4 +143,5 @@ def audit(
             transient=True,
         ) as progress:
             report = audit_run(run_dir, options, progress=_Display(progress))
+    write_report(RunDirectory.open(run_dir))  # report.html gains the audit section
     print_report(report, as_json)

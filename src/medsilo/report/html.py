@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from typing import Any
 
 import matplotlib
@@ -117,6 +118,38 @@ def _secagg_section(history: pd.DataFrame) -> list[str]:
     ]
 
 
+def _audit_section(run_dir: RunDirectory) -> list[str]:
+    path = run_dir.path / "audit.json"
+    if not path.exists():
+        return ["<h2>Empirical audit</h2><p>Not run yet: <code>medsilo audit RUN_DIR</code>.</p>"]
+    audit = json.loads(path.read_text())
+    rows = []
+    for site in audit["sites"]:
+        canary = site.get("canary") or {}
+        lira = site.get("lira") or {}
+        rows.append(
+            {
+                "site": site["site"],
+                "loss attack AUC": site["loss_attack"]["auc"],
+                "LiRA AUC": lira.get("auc"),
+                "epsilon lower bound": canary.get("epsilon_lower_bound"),
+                "accountant epsilon": canary.get("accountant_epsilon"),
+                "canary trials": canary.get("trials"),
+            }
+        )
+    verdict = (
+        "consistent: no lower bound exceeds its accountant epsilon"
+        if audit.get("consistent")
+        else "INCONSISTENT: a lower bound exceeds the claim"
+    )
+    return [
+        "<h2>Empirical audit</h2><p>Membership inference on the final model (members = "
+        "training split, non-members = test split) and a canary lower bound on epsilon "
+        f"(Clopper-Pearson, 95%): {html.escape(verdict)}.</p>",
+        _table(pd.DataFrame(rows)),
+    ]
+
+
 def _table(frame: pd.DataFrame) -> str:
     rendered: str = frame.to_html(
         index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="t"
@@ -160,6 +193,7 @@ def render(run_dir: RunDirectory) -> str:
     )
     parts += _privacy_section(run_dir, history)
     parts += _secagg_section(history)
+    parts += _audit_section(run_dir)
     parts.append("<h2>Per site and setting (test split)</h2>")
     parts.append(_table(per_site[["site", "setting", *METRICS]]))
     for metric, png in _curves(history):
