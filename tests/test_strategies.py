@@ -5,7 +5,8 @@ The update rules are those of Reddi et al., "Adaptive Federated Optimization", I
 Algorithm 2 (FedAdagrad / FedAdam / FedYogi: x <- x + eta * m / (sqrt(v) + tau), v
 started at tau^2, m at 0, no bias correction), with the pseudo-gradient Delta weighted by
 sample counts as medsilo documents, momentum m <- beta1 m + (1 - beta1) Delta for all
-three adaptive methods (Algorithm 2 applies it to FedAdagrad too); FedAvgM is Hsu et al. 2019 (m <- beta m + Delta).
+three adaptive methods (Algorithm 2 applies it to FedAdagrad too); FedAvgM is Hsu et
+al. 2019 (m <- beta m + Delta).
 
 The hand-computed example used throughout: two sites, a with n = 1 and b with n = 3;
 
