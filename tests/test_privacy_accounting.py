@@ -323,3 +323,12 @@ def test_events_round_trip_through_dicts() -> None:
 def test_docstring_examples(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0
+
+
+def test_rdp_orders_are_dp_accountings_defaults() -> None:
+    """RDP_ORDERS is written out (importing dp-accounting is slow); it must not drift."""
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from medsilo.privacy.accounting import RDP_ORDERS
+
+    assert tuple(RDP_ORDERS) == tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)

@@ -55,9 +55,6 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import dp_event
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from medsilo.privacy import _validate as check
 from medsilo.privacy.errors import PrivacyConfigError
@@ -89,7 +86,13 @@ __all__ = [
 AccountantName: TypeAlias = Literal["rdp", "rdp_classic", "pld"]
 ACCOUNTANTS: tuple[AccountantName, ...] = ("rdp", "rdp_classic", "pld")
 
-RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+# dp-accounting 0.6.0's DEFAULT_RDP_ORDERS, written out so that importing medsilo does not
+# import dp-accounting (seconds); tests/test_privacy_accounting.py checks they agree.
+RDP_ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)]
+    + [float(a) for a in range(11, 64)]
+    + [128.0, 256.0, 512.0, 1024.0]
+)
 """dp-accounting's default orders: 1.1 to 10.9 by 0.1, 11 to 63, 128, 256, 512, 1024."""
 
 
@@ -215,6 +218,8 @@ def epsilon_from_rdp(
         eps = np.where(np.isnan(eps), np.inf, eps)
         return max(0.0, float(np.min(eps)))
     if conversion == "balle":
+        from dp_accounting.rdp import rdp_privacy_accountant  # lazily: seconds to import
+
         epsilon, _order = rdp_privacy_accountant.compute_epsilon(a, r, delta)
         return float(epsilon)
     raise check.fail("conversion", "'balle' or 'classic'", conversion)
@@ -300,6 +305,9 @@ def _with_steps(event: PrivacyEvent, steps: int) -> PrivacyEvent:
 @functools.lru_cache(maxsize=4096)
 def _rdp_one_step(mechanism: str, sample_rate: float, noise_multiplier: float) -> FloatArray:
     """One step's RDP at :data:`RDP_ORDERS`, from dp-accounting's ``RdpAccountant``."""
+    from dp_accounting import dp_event  # lazily: dp-accounting takes seconds to import
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     event: dp_event.DpEvent
     if mechanism == "non_private":
         event = dp_event.NonPrivateDpEvent()
@@ -328,6 +336,9 @@ def _epsilon(groups: tuple[PrivacyEvent, ...], delta: float, accountant: Account
     eps_rdp = epsilon_from_rdp(orders, rdp, delta, "balle")
     if accountant == "rdp":
         return eps_rdp
+    from dp_accounting import dp_event  # lazily: dp-accounting takes seconds to import
+    from dp_accounting.pld import pld_privacy_accountant
+
     interval = pld_value_discretization(eps_rdp)
     pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=interval)
     pld.compose(dp_event.ComposedDpEvent([e.to_dp_event() for e in groups]))

@@ -30,9 +30,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn import functional as F
 
@@ -53,6 +50,8 @@ class DpSgdRun:
 
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Opacus' own validator: e.g. BatchNorm mixes records inside a batch."""
+    from opacus.validators import ModuleValidator  # Opacus takes seconds to import: lazily
+
     return [str(e) for e in ModuleValidator.validate(model, strict=False)]
 
 
@@ -94,6 +93,9 @@ def train_dpsgd(
     """
     if not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    from opacus import GradSampleModule  # Opacus takes seconds to import: lazily
+    from opacus.optimizers import DPOptimizer
+
     n = len(y)
     expected = max(1, round(sample_rate * n))
     gsm = GradSampleModule(

@@ -25,12 +25,13 @@ All events share five attributes, which are also the ledger's columns: ``mechani
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias
-
-from dp_accounting import dp_event
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 from medsilo.privacy import _validate as check
 from medsilo.privacy.errors import PrivacyConfigError
+
+if TYPE_CHECKING:  # dp-accounting takes seconds to import: only where events are converted
+    from dp_accounting import dp_event
 
 Mechanism = Literal["dp_sgd", "dp_fedavg", "gaussian", "non_private"]
 Unit = Literal["record", "site"]
@@ -64,6 +65,7 @@ class DpSgdEvent:
 
     def to_dp_event(self) -> dp_event.DpEvent:
         """The same release as a dp-accounting event."""
+
         return _subsampled_gaussian(self.sample_rate, self.noise_multiplier, self.steps)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +95,7 @@ class DpFedAvgEvent:
 
     def to_dp_event(self) -> dp_event.DpEvent:
         """The same release as a dp-accounting event."""
+
         return _subsampled_gaussian(self.sample_rate, self.noise_multiplier, self.steps)
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +132,8 @@ class GaussianEvent:
 
     def to_dp_event(self) -> dp_event.DpEvent:
         """The same release as a dp-accounting event."""
+        from dp_accounting import dp_event
+
         return dp_event.SelfComposedDpEvent(
             dp_event.GaussianDpEvent(self.noise_multiplier), self.steps
         )
@@ -157,6 +162,8 @@ class NonPrivateEvent:
 
     def to_dp_event(self) -> dp_event.DpEvent:
         """The same release as a dp-accounting event."""
+        from dp_accounting import dp_event
+
         return dp_event.NonPrivateDpEvent()
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +234,8 @@ def _check_subsampled_gaussian(event: DpSgdEvent | DpFedAvgEvent) -> None:
 
 
 def _subsampled_gaussian(q: float, sigma: float, steps: int) -> dp_event.DpEvent:
+    from dp_accounting import dp_event
+
     return dp_event.SelfComposedDpEvent(
         dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn import metrics as skm
 
 HIGHER_IS_BETTER = {
     "accuracy": True,
@@ -46,6 +45,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     """accuracy, balanced accuracy, AUROC (binary, or macro one-vs-rest), AUPRC (average
     precision; macro over classes), macro F1, quadratic weighted kappa, Brier score
     (binary: of the positive class; multiclass: mean over classes), ECE and log loss."""
+    from sklearn import metrics as skm  # lazily: scikit-learn takes seconds to import
+
     num_classes = proba.shape[1]
     labels = np.arange(num_classes)
     pred = proba.argmax(axis=1)
