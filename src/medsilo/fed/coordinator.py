@@ -13,7 +13,9 @@ from typing import Literal
 
 import numpy as np
 
+from medsilo.fed import sparse
 from medsilo.fed.dp import CentralDp, dp_fedavg_pseudo_gradient
+from medsilo.fed.lottery import LotteryServer, LotterySpec, prunable_keys
 from medsilo.fed.messages import (
     EvaluateRequest,
     Refusal,
@@ -47,6 +49,7 @@ class Coordinator:
         seed: int,
         central_dp: CentralDp | None = None,
         secagg: SecAggSpec | None = None,
+        lottery: LotterySpec | None = None,
     ) -> None:
         if strategy.min_sites > len(site_names):
             raise ValueError(
@@ -73,6 +76,16 @@ class Coordinator:
         self._session: CoordinatorState | None = None
         self.secagg_log: dict[str, object] = {}
         """What the coordinator saw of the last session (for the report)."""
+        self.lottery: LotteryServer | None = None
+        """FedLTN / LotteryFL (``strategy.name = "fedltn"``): :mod:`medsilo.fed.lottery`."""
+        if strategy.name == "fedltn":
+            self.lottery = LotteryServer(lottery or LotterySpec(), copy_weights(weights))
+        self.traffic: dict[str, int] = {}
+        """Bytes of the last round's clear messages: ``bytes_down`` / ``bytes_up`` (FedLTN:
+        exact sparse payload lengths; otherwise the arrays' raw float bytes) and
+        ``dense_bytes_down`` / ``dense_bytes_up``, what dense float32 FedAvg messages of
+        the same model would have taken. Under secure aggregation the masked updates
+        travel inside the session and ``bytes_up`` is left out."""
 
     def select(self, round_: int) -> list[str]:
         """Sites asked to train in ``round_``: ceil(fraction * K), at least min_sites."""
@@ -94,17 +107,38 @@ class Coordinator:
         self._round_secagg, self._session, self.secagg_log = None, None, {}
         if self.secagg is not None:
             self._round_secagg = SecAggRound(
-                round_quantizer(self.secagg, len(selected)), tuple(sorted(self.weights))
+                round_quantizer(self.secagg, len(selected)),
+                tuple(sorted(self.weights)),
+                tuple(sorted(prunable_keys(self.weights))) if self.lottery is not None else (),
             )
-        return {
-            name: RoundPlan(
-                round=round_,
-                weights=self.weights,
-                config=self.train_config,
-                secagg=self._round_secagg,
-            )
-            for name in selected
+        if self.lottery is not None and self.secagg is None:
+            plans = {
+                name: RoundPlan(
+                    round=round_,
+                    weights={},
+                    config=self.train_config,
+                    sparse=self.lottery.download(name, round_),
+                )
+                for name in selected
+            }
+        else:
+            plans = {
+                name: RoundPlan(
+                    round=round_,
+                    weights=self.weights,
+                    config=self.train_config,
+                    secagg=self._round_secagg,
+                )
+                for name in selected
+            }
+        dense = sparse.dense_bytes(self.weights)
+        self.traffic = {
+            "bytes_down": sum(
+                len(p.sparse) if p.sparse is not None else dense for p in plans.values()
+            ),
+            "dense_bytes_down": dense * len(plans),
         }
+        return plans
 
     def secagg_open(self, participants: Sequence[str]) -> dict[str, ToSite]:
         """Open this round's session among the sites that sent a (masked) update."""
@@ -114,7 +148,7 @@ class Coordinator:
             self.secagg_log["aborted"] = "fewer than 2 sites sent a masked update"
             return {}
         rng = np.random.default_rng([self.seed, 8, self.rounds_done + 1])  # public graph
-        dim = sum(int(np.size(self.weights[k])) for k in self._round_secagg.keys)
+        dim = self._round_secagg.dim(self.weights)
         config = session_config(self.secagg, participants, dim, rng)
         self.secagg_log.update(threshold=config.threshold, degree=config.graph.degree)
         self._session, setup = start(config, {s: self.verify_keys[s] for s in participants})
@@ -142,8 +176,16 @@ class Coordinator:
         if any(u.round != round_ for u in updates):
             raise ValueError(f"an update for another round arrived in round {round_}")
         self.rounds_done = round_
+        self.traffic["dense_bytes_up"] = sparse.dense_bytes(self.weights) * len(updates)
+        if not any(u.masked for u in updates):  # masked updates travel in the session
+            self.traffic["bytes_up"] = sum(
+                len(u.sparse) if u.sparse is not None else sparse.dense_bytes(u.delta)
+                for u in updates
+            )
         if len(updates) < self.strategy.min_sites:
             return False
+        if self.lottery is not None:
+            return self._aggregate_lottery(updates, self.lottery)
         if self.secagg is not None:
             if not isinstance(self._session, Finished) or self._round_secagg is None:
                 return False  # the session aborted: nothing was revealed, nothing applied
@@ -158,18 +200,46 @@ class Coordinator:
         )
         return True
 
+    def _aggregate_lottery(self, updates: Sequence[Update], lottery: LotteryServer) -> bool:
+        """Masked mean over the sites that kept each coordinate, then server momentum."""
+        if self.central_dp is not None:
+            raise ValueError("strategy 'fedltn' does not support central DP")
+        if self.secagg is not None:
+            if not isinstance(self._session, Finished) or self._round_secagg is None:
+                return False  # the session aborted: nothing was revealed, nothing applied
+            plan, survivors = self._round_secagg, len(self._session.survivors)
+            total = plan.quantizer.decode(self._session.total, survivors)
+            lottery.aggregate_secure(
+                total, survivors, plan.keys, plan.mask_keys, plan.quantizer.clip
+            )
+        else:
+            missing = [u.site for u in updates if u.sparse is None]
+            if missing:
+                raise ValueError(f"strategy 'fedltn': no sparse update from {missing}")
+            lottery.aggregate(
+                [(u.site, u.sparse, float(u.num_samples)) for u in updates if u.sparse is not None]
+            )
+        self.weights = copy_weights(lottery.weights)
+        return True
+
     def evaluate_request(self, split: Literal["val", "test"]) -> EvaluateRequest:
         return EvaluateRequest(round=self.rounds_done, weights=self.weights, split=split)
 
     def state_dict(self) -> dict[str, object]:
-        return {
+        state: dict[str, object] = {
             "weights": copy_weights(self.weights),
             "rounds_done": self.rounds_done,
             "server_state": {k: copy_weights(v) for k, v in self.server_state.items()},
         }
+        if self.lottery is not None:  # momentum and each site's last mask
+            state["lottery"] = self.lottery.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.weights = copy_weights(state["weights"])  # type: ignore[arg-type]
         self.rounds_done = int(state["rounds_done"])  # type: ignore[call-overload]
         server: dict[str, Weights] = state["server_state"]  # type: ignore[assignment]
         self.server_state = {k: copy_weights(v) for k, v in server.items()}
+        if self.lottery is not None:
+            lottery: dict[str, dict[str, np.ndarray]] = dict(state.get("lottery") or {})  # type: ignore[call-overload]
+            self.lottery.load_state_dict({**lottery, "weights": copy_weights(self.weights)})

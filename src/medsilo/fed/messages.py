@@ -39,6 +39,10 @@ class RoundPlan:
     weights: Weights
     config: TrainConfig
     secagg: object | None = None
+    sparse: bytes | None = None
+    """FedLTN (:mod:`medsilo.fed.lottery`): the global weights on the site's mask in the
+    sparse wire format (:mod:`medsilo.fed.sparse`), ``weights`` then empty; ``b""`` in
+    round 1 after Jump-Start (the site starts from its own weights)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class Update:
     masked: bool = False
     """True under secure aggregation: ``delta`` is empty and the site's encoded delta
     enters only the masked sum of the secure-aggregation session."""
+    sparse: bytes | None = None
+    """FedLTN: the site's kept values and masks in the sparse wire format (``delta`` then
+    empty); its length is exactly what the site sent."""
 
 
 @dataclass(frozen=True)

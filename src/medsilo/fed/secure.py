@@ -52,6 +52,14 @@ class SecAggRound:
     quantizer: Quantizer
     keys: tuple[str, ...]
     """Shared weight names, in the order they are flattened."""
+    mask_keys: tuple[str, ...] = ()
+    """FedLTN (:mod:`medsilo.fed.lottery`): after the deltas each site appends ``clip``
+    times its 0/1 mask of these tensors, so the sum also says how many sites kept each
+    coordinate (the common support is the whole model; see ``docs/personalization.md``)."""
+
+    def dim(self, template: Weights) -> int:
+        """Length of the vector each site encodes."""
+        return sum(int(np.size(template[k])) for k in (*self.keys, *self.mask_keys))
 
 
 def flatten(weights: Weights, keys: Sequence[str]) -> np.ndarray:

@@ -15,16 +15,26 @@ from torch import nn
 
 from medsilo.data.types import SiteData
 from medsilo.fed.dp import LocalDp, SiteDp
+from medsilo.fed.lottery import LotteryClient, secure_input
 from medsilo.fed.messages import (
     EvaluateRequest,
     Evaluation,
     Refusal,
     RoundPlan,
+    TrainConfig,
     Update,
+    Weights,
     copy_weights,
 )
+from medsilo.fed.personalization import FineTuneResult, PersonalizationSpec, fine_tune
 from medsilo.fed.secure import SecAggRound, flatten
-from medsilo.fed.training import evaluate, get_weights, set_weights, train_local
+from medsilo.fed.training import (
+    evaluate,
+    get_weights,
+    predict_proba,
+    set_weights,
+    train_local,
+)
 from medsilo.privacy.dpsgd import secret_seed, train_dpsgd
 from medsilo.privacy.ledger import Release
 from medsilo.secagg import crypto
@@ -48,6 +58,7 @@ class Site:
         local_keys: frozenset[str],
         seed: int,
         dp: SiteDp | None = None,
+        lottery: LotteryClient | None = None,
     ) -> None:
         self.index = index
         self.name = data.name
@@ -69,6 +80,8 @@ class Site:
             for split in ("train", "val", "test")
         }
         self.local_weights = {k: v for k, v in get_weights(self.model).items() if k in local_keys}
+        self.lottery = lottery
+        """FedLTN / LotteryFL state (masks, local layers): :mod:`medsilo.fed.lottery`."""
 
     def _load_global(self, weights: dict[str, np.ndarray] | object) -> None:
         set_weights(self.model, weights)  # type: ignore[arg-type]
@@ -93,6 +106,8 @@ class Site:
                         f"{check.epsilon_after:.4g}, over the site's budget {budget}"
                     ),
                 )
+        if self.lottery is not None:
+            return self._lottery_round(plan, self.lottery)
         self._load_global(plan.weights)
         anchor = {k: torch.from_numpy(np.asarray(v)).clone() for k, v in plan.weights.items()}
         x, y = self._tensors["train"]
@@ -153,6 +168,166 @@ class Site:
             masked=masked,
         )
 
+    def _train_lottery(
+        self, round_: int, config: TrainConfig, model: nn.Module
+    ) -> dict[str, float]:
+        """One round of local training (DP-SGD in ``local`` mode) for the lottery path."""
+        x, y = self._tensors["train"]
+        if isinstance(self.dp, LocalDp):
+            run = train_dpsgd(
+                model,
+                x,
+                y,
+                sample_rate=self.dp.sample_rate,
+                steps=self.dp.steps_per_round,
+                noise_multiplier=self.dp.noise_multiplier,
+                clip=self.dp.clip,
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+                sampling_seed=secret_seed(self.dp.secret, round_, 1),
+                noise=torch.Generator().manual_seed(secret_seed(self.dp.secret, round_, 2)),
+            )
+            return {"train_loss": run.mean_loss}
+        seed = derive_seed(self.seed, self.index, round_)
+        return {"train_loss": train_local(model, x, y, config, seed=seed)}
+
+    def _val_accuracy(self, model: nn.Module) -> float:
+        """Accuracy on the validation split (the training split when there is none)."""
+        x, y = self._tensors["val"] if len(self._tensors["val"][1]) else self._tensors["train"]
+        return float(np.mean(predict_proba(model, x).argmax(axis=1) == y.numpy()))
+
+    def _lottery_round(self, plan: RoundPlan, client: LotteryClient) -> Update:
+        """FedLTN / LotteryFL round (:mod:`medsilo.fed.lottery`): start from ``mask x
+        global`` (or the Jump-Start weights), train with the mask held, prune, and send
+        only the kept values and the masks (sparse wire format); normalization layers
+        (FedLTN) stay here. Under secure aggregation the site sends its masked delta and
+        its masks over the whole model instead (:func:`~medsilo.fed.lottery.secure_input`).
+        With DP the pruning decision must not read the validation split (the study file
+        requires ``accuracy_threshold = 0``), and accuracies stay at the site.
+        """
+        config = plan.config
+        if client.spec.jump_start_epochs and not client.jump_start_done:
+            if self.dp is not None:
+                raise ValueError("Jump-Start with differential privacy is not available")
+            one_epoch = TrainConfig(
+                local_epochs=1,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                momentum=config.momentum,
+                weight_decay=config.weight_decay,
+            )
+            x, y = self._tensors["train"]
+            epochs = iter(range(client.spec.jump_start_epochs))
+
+            def epoch(model: nn.Module) -> dict[str, float]:
+                seed = derive_seed(self.seed, self.index, 0, next(epochs))
+                return {"train_loss": train_local(model, x, y, one_epoch, seed=seed)}
+
+            client.jump_start(self.model, epoch, self._val_accuracy)
+        secure = isinstance(plan.secagg, SecAggRound)
+        if plan.sparse is not None:
+            start = client.download(plan.sparse)
+        elif secure and client.jump_started is not None and plan.round == 1:
+            start = None  # round 1 after Jump-Start: the site's own weights
+        else:
+            start = dict(plan.weights)
+        private = self.dp is not None
+        values, masks, metrics = client.train_round(
+            self.model,
+            start,
+            lambda model: self._train_lottery(plan.round, config, model),
+            (lambda model: 1.0) if private else self._val_accuracy,
+        )
+        self.local_weights = copy_weights(client.local_weights)
+        payload: bytes | None = None
+        if isinstance(plan.secagg, SecAggRound):
+            vector = secure_input(
+                values,
+                masks,
+                plan.weights,
+                plan.secagg.keys,
+                plan.secagg.mask_keys,
+                plan.secagg.quantizer.clip,
+            )
+            encoded = plan.secagg.quantizer.encode(vector)
+            self._secagg = SiteInit(
+                self.name, self.signing_key, self.verify_keys, plan.secagg.quantizer.bits, encoded
+            )
+            release = {"secure_input": vector}
+        else:
+            payload = client.upload(values, masks)
+        if self.dp is not None:
+            if payload is not None:
+                record = Release.of_payload(
+                    round=plan.round, event=self.dp.event(), clip=self.dp.clip, payload=payload
+                )
+            else:
+                record = Release.of_arrays(
+                    round=plan.round, event=self.dp.event(), clip=self.dp.clip, arrays=release
+                )
+            entry = self.dp.ledger.record(record)
+            metrics["epsilon"] = float(entry.epsilon_after or 0.0)
+            # Statistics of the private data outside the accounted release stay here.
+            metrics.pop("train_loss", None)
+            metrics.pop("val_accuracy", None)
+        return Update(
+            site=self.name,
+            round=plan.round,
+            delta={},
+            num_samples=self.data.num_train,
+            metrics=metrics,
+            masked=secure,
+            sparse=payload,
+        )
+
+    def personalize(
+        self,
+        spec: PersonalizationSpec,
+        weights: Weights,
+        config: TrainConfig,
+        round_: int,
+        splits: tuple[str, ...] = ("test",),
+    ) -> tuple[FineTuneResult, list[Evaluation]]:
+        """The final local step (:mod:`medsilo.fed.personalization`): fine-tune the
+        global model (with this site's local layers or FedLTN mask) on the training
+        split, then evaluate it. With ``local`` DP the steps are DP-SGD and recorded in
+        this site's ledger; ``round_`` is the ledger round they are recorded under."""
+        if self.dp is not None and not isinstance(self.dp, LocalDp):
+            raise ValueError(
+                "fine-tuning with site-level (central) DP is not available: DP-SGD steps "
+                "are record-level and cannot join a site-level ledger"
+            )
+        if self.lottery is not None:
+            set_weights(self.model, self.lottery.personalized(weights))
+        else:
+            self._load_global(weights)
+        x, y = self._tensors["train"]
+        result = fine_tune(
+            self.model,
+            x,
+            y,
+            spec,
+            config,
+            seed=derive_seed(self.seed, self.index, round_, 9),
+            round=round_,
+            dp=self.dp,
+            masks=self.lottery.masks if self.lottery is not None else None,
+        )
+        evaluations = []
+        for split in splits:
+            xs, ys = self._tensors[split]
+            evaluations.append(
+                Evaluation(
+                    site=self.name,
+                    round=round_,
+                    split=split,  # type: ignore[arg-type]
+                    num_samples=len(ys),
+                    metrics=evaluate(self.model, xs, ys),
+                )
+            )
+        return result, evaluations
+
     def on_secagg(self, message: ToSite) -> ToCoordinator:
         """One stage of this round's secure-aggregation session."""
         if self._secagg is None:
@@ -161,7 +336,10 @@ class Site:
         return reply
 
     def on_evaluate(self, request: EvaluateRequest) -> Evaluation:
-        self._load_global(request.weights)
+        if self.lottery is not None:  # the personalized model: mask x global + local layers
+            set_weights(self.model, self.lottery.personalized(request.weights))
+        else:
+            self._load_global(request.weights)
         x, y = self._tensors[request.split]
         return Evaluation(
             site=self.name,
@@ -172,8 +350,18 @@ class Site:
         )
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """What a checkpoint must keep of this site (its local layers)."""
-        return copy_weights(self.local_weights)
+        """What a checkpoint must keep of this site (its local layers; FedLTN: its masks
+        and lottery state under ``lottery/``)."""
+        state = copy_weights(self.local_weights)
+        if self.lottery is not None:
+            state.update({f"lottery/{k}": v for k, v in self.lottery.state_dict().items()})
+        return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.local_weights = copy_weights(state)
+        prefix = "lottery/"
+        lottery = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        self.local_weights = copy_weights(
+            {k: v for k, v in state.items() if not k.startswith(prefix)}
+        )
+        if self.lottery is not None and lottery:
+            self.lottery.load_state_dict(lottery)

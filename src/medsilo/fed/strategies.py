@@ -18,6 +18,10 @@ and a server optimizer applies it:
   then w <- w + eta * m / (sqrt(v) + tau), v initialised to tau^2 and m to 0, no bias
   correction (as in the paper).
 
+``fedltn`` (FedLTN / LotteryFL, :mod:`medsilo.fed.lottery`) does not go through
+:func:`server_step`: it averages each coordinate over the sites that kept it and applies
+the server momentum of the ``[lottery]`` section.
+
 :func:`aggregate` is pure: weights and optimizer state in, new weights and state out.
 Arithmetic is float64 and results are cast back to each array's dtype.
 """
@@ -32,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medsilo.fed.messages import Update, Weights
 
-StrategyName = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+StrategyName = Literal["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedltn"]
 ServerState = dict[str, dict[str, np.ndarray]]
 
 DEFAULT_SERVER_LR = {
@@ -42,6 +46,7 @@ DEFAULT_SERVER_LR = {
     "fedadam": 0.01,
     "fedyogi": 0.01,
     "fedadagrad": 0.01,
+    "fedltn": 1.0,
 }
 
 

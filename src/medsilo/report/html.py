@@ -15,7 +15,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from medsilo.report.rundir import REPORT_FILE, RunDirectory, atomic_write_bytes
-from medsilo.report.summary import METRICS, per_site_table, privacy_table, setting_means
+from medsilo.report.summary import (
+    METRICS,
+    per_site_table,
+    privacy_table,
+    setting_means,
+    traffic_table,
+)
 
 PLOTTED = ("accuracy", "balanced_accuracy", "auroc", "loss")
 
@@ -31,6 +37,8 @@ def _png(fig: Any) -> str:
 def _curves(history: pd.DataFrame) -> list[tuple[str, str]]:
     if history.empty or "kind" not in history:
         return []
+    if "setting" in history:  # curves of the federated model only (not the fine-tuned)
+        history = history[history["setting"].isna() | (history["setting"] == "federated")]
     evals = history[(history["kind"] == "eval") & (history["split"] == "val")]
     if evals.empty:
         evals = history[(history["kind"] == "eval")]
@@ -118,6 +126,37 @@ def _secagg_section(history: pd.DataFrame) -> list[str]:
     ]
 
 
+def _communication_section(history: pd.DataFrame) -> list[str]:
+    table = traffic_table(history)
+    if table.empty:
+        return []
+    total = table.drop(columns="round").sum(min_count=1)
+    rows = [
+        {
+            "direction": "down (coordinator to sites)",
+            "bytes": total.get("bytes_down"),
+            "dense FedAvg bytes": total.get("dense_bytes_down"),
+        },
+        {
+            "direction": "up (sites to coordinator)",
+            "bytes": total.get("bytes_up"),
+            "dense FedAvg bytes": total.get("dense_bytes_up"),
+        },
+    ]
+    frame = pd.DataFrame(rows)
+    frame["ratio"] = frame["dense FedAvg bytes"] / frame["bytes"].where(frame["bytes"] > 0)
+    return [
+        "<h2>Communication</h2><p>Bytes of the model messages, summed over rounds and "
+        "sites, next to what dense float32 FedAvg messages of the same model would take. "
+        "FedLTN counts the exact length of each sparse payload (kept values and masks, "
+        "zlib); other strategies the arrays' raw bytes. Masked updates under secure "
+        "aggregation are not counted here.</p>",
+        _table(frame),
+        "<h3>Per round</h3>",
+        _table(table),
+    ]
+
+
 def _audit_section(run_dir: RunDirectory) -> list[str]:
     path = run_dir.path / "audit.json"
     if not path.exists():
@@ -193,6 +232,7 @@ def render(run_dir: RunDirectory) -> str:
     )
     parts += _privacy_section(run_dir, history)
     parts += _secagg_section(history)
+    parts += _communication_section(history)
     parts += _audit_section(run_dir)
     parts.append("<h2>Per site and setting (test split)</h2>")
     parts.append(_table(per_site[["site", "setting", *METRICS]]))

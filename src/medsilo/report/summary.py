@@ -13,12 +13,14 @@ from medsilo.errors import MedsiloError
 from medsilo.privacy.ledger import Ledger
 from medsilo.report.rundir import BASELINES_FILE, RunDirectory
 
-SETTINGS = ("federated", "local_only", "pooled")
+SETTINGS = ("federated", "fine_tuned", "local_only", "pooled")
+"""``fine_tuned``: the final model after each site's local fine-tuning ([personalization])."""
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "auprc", "f1", "qwk", "brier", "ece", "loss")
 
 
 def per_site_table(run_dir: RunDirectory) -> pd.DataFrame:
-    """Test metrics per (site, setting): the final federated model, local-only, pooled."""
+    """Test metrics per (site, setting): the final federated model (and its fine-tuned
+    version, with [personalization]), local-only, pooled."""
     rows: list[dict[str, Any]] = []
     evals = [r for r in run_dir.records() if r.get("kind") == "eval" and r.get("split") == "test"]
     if evals:
@@ -28,7 +30,7 @@ def per_site_table(run_dir: RunDirectory) -> pd.DataFrame:
                 rows.append(
                     {
                         "site": r["site"],
-                        "setting": "federated",
+                        "setting": r.get("setting", "federated"),
                         "round": last,
                         "num_samples": r["num_samples"],
                         **{m: r.get(m, np.nan) for m in METRICS},
@@ -58,6 +60,16 @@ def setting_means(per_site: pd.DataFrame) -> pd.DataFrame:
     means = per_site.groupby("setting", sort=False)[list(METRICS)].mean()
     order = [s for s in SETTINGS if s in means.index]
     return means.loc[order].reset_index()
+
+
+def traffic_table(history: pd.DataFrame) -> pd.DataFrame:
+    """Per round: bytes sent down (coordinator -> sites) and up, next to what dense
+    float32 FedAvg messages of the same model would take (``round`` records)."""
+    if history.empty or "bytes_down" not in history:
+        return pd.DataFrame()
+    rounds = history[(history["kind"] == "round") & history["bytes_down"].notna()]
+    columns = ["round", "bytes_down", "bytes_up", "dense_bytes_down", "dense_bytes_up"]
+    return rounds[[c for c in columns if c in rounds]].reset_index(drop=True)
 
 
 def privacy_table(run_dir: RunDirectory) -> pd.DataFrame:

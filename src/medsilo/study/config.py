@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from medsilo.data.federate import PartitionSpec
 from medsilo.data.schema import TableSchema
 from medsilo.errors import ConfigError
+from medsilo.fed.lottery import LotterySpec
 from medsilo.fed.messages import TrainConfig
+from medsilo.fed.personalization import PersonalizationSpec
 from medsilo.fed.secure import SecAggSpec
 from medsilo.fed.strategies import StrategySpec
 from medsilo.privacy.spec import DpSgdSpec
@@ -98,6 +100,44 @@ class StudyConfig(_Section):
     budgets: BudgetsSection = Field(default_factory=BudgetsSection)
     baselines: BaselinesSection = Field(default_factory=BaselinesSection)
     engine: EngineSection = Field(default_factory=EngineSection)
+    personalization: PersonalizationSpec = Field(default_factory=PersonalizationSpec)
+    lottery: LotterySpec | None = None
+    """``[lottery]``: FedLTN / LotteryFL settings, used with ``strategy.name = "fedltn"``."""
+
+    @model_validator(mode="after")
+    def _personalization_fits(self) -> StudyConfig:
+        fedltn = self.strategy.name == "fedltn"
+        if self.lottery is not None and not fedltn:
+            raise ValueError(
+                f"lottery: the [lottery] section applies to strategy.name = 'fedltn' "
+                f"(got strategy.name = '{self.strategy.name}'); set it or remove [lottery]"
+            )
+        central = self.privacy.mode == "central"
+        if fedltn and central:
+            raise ValueError(
+                "strategy.name: 'fedltn' with privacy.mode = 'central' is not available "
+                "(DP-FedAvg clips whole dense updates at the coordinator); use "
+                "privacy.mode = 'local'"
+            )
+        if self.personalization.enabled and central:
+            raise ValueError(
+                "personalization.fine_tune_epochs: fine-tuning is record-level DP-SGD and "
+                "cannot join a site-level (central) ledger; use privacy.mode = 'local' or "
+                "fine_tune_epochs = 0"
+            )
+        lottery = self.lottery or LotterySpec()
+        if fedltn and self.privacy.enabled and lottery.accuracy_threshold > 0:
+            raise ValueError(
+                "lottery.accuracy_threshold: with differential privacy the pruning decision "
+                "must not read the validation split, which DP-SGD does not protect; set "
+                f"accuracy_threshold = 0 (prune every round) (got {lottery.accuracy_threshold})"
+            )
+        if fedltn and self.privacy.enabled and lottery.jump_start_epochs > 0:
+            raise ValueError(
+                "lottery.jump_start_epochs: Jump-Start with differential privacy is not "
+                f"available yet; set jump_start_epochs = 0 (got {lottery.jump_start_epochs})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secure_aggregation_fits(self) -> StudyConfig:

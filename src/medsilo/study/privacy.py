@@ -109,8 +109,14 @@ def plan_privacy(
     batch_size: int,
     fraction: float,
     template: object,
+    extra_epochs: int = 0,
 ) -> PrivacyPlan | None:
-    """Validate and plan; raises ConfigError naming the field, site and value."""
+    """Validate and plan; raises ConfigError naming the field, site and value.
+
+    ``extra_epochs``: DP-SGD epochs a site runs beyond the rounds (the final local
+    fine-tuning, ``personalization.fine_tune_epochs``); in ``local`` mode the noise is
+    calibrated, and epsilon planned, for ``rounds x steps_per_round + extra_epochs x
+    ceil(1/q)`` steps, so the fine-tune fits the planned budget."""
     if not spec.enabled:
         if budgets.default is not None or budgets.sites:
             raise ConfigError(
@@ -162,15 +168,16 @@ def plan_privacy(
         try:
             q = spec.sampling_rate(n, default_batch_size=batch_size)
             steps = local_epochs * steps_per_epoch(q)
+            total = rounds * steps + extra_epochs * steps_per_epoch(q)
             sigma = spec.resolve_noise_multiplier(
-                sample_rate=q, steps=rounds * steps, dataset_size=n, site=site.name
+                sample_rate=q, steps=total, dataset_size=n, site=site.name
             )
         except ConfigError as exc:
             raise ConfigError(
                 f"privacy (site '{site.name}', {n} training records): {exc}"
             ) from None
         planned = epsilon_after(
-            [spec.event(sample_rate=q, noise_multiplier=sigma, steps=rounds * steps)],
+            [spec.event(sample_rate=q, noise_multiplier=sigma, steps=total)],
             spec.delta,
             spec.accountant,
         )

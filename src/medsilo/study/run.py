@@ -25,6 +25,7 @@ from medsilo.engines.local import LocalEngine, RoundResult
 from medsilo.errors import ConfigError, RunDirError
 from medsilo.fed import baselines
 from medsilo.fed.coordinator import Coordinator
+from medsilo.fed.lottery import LotteryClient, LotterySpec
 from medsilo.fed.messages import Refusal, Update
 from medsilo.fed.site import Site, derive_seed
 from medsilo.fed.training import get_weights
@@ -50,7 +51,8 @@ from medsilo.study.privacy import (
 from medsilo.tasks.models import build_model, normalization_keys
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
-"""``progress(event, info)``: events ``start``, ``site``, ``round``, ``baseline``, ``done``."""
+"""``progress(event, info)``: events ``start``, ``site``, ``round``, ``personalize``,
+``baseline``, ``done``."""
 
 
 @dataclass
@@ -103,7 +105,10 @@ def build_federation(config: StudyConfig) -> Federation:
         template = model_factory()
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from None
-    local_keys = normalization_keys(template) if config.strategy.fedbn else frozenset()
+    fedltn = config.strategy.name == "fedltn"
+    lottery = config.lottery or LotterySpec()
+    local_norm = config.strategy.fedbn or (fedltn and lottery.local_normalization)
+    local_keys = normalization_keys(template) if local_norm else frozenset()
     if config.strategy.fedbn and not local_keys:
         raise ConfigError(
             f"strategy.fedbn: model '{config.model.name}' has no normalization "
@@ -116,6 +121,9 @@ def build_federation(config: StudyConfig) -> Federation:
         )
     shared = {k: v for k, v in get_weights(template).items() if k not in local_keys}
     sites = {s.name: Site(i, s, model_factory, local_keys, seed) for i, s in enumerate(data.sites)}
+    if fedltn:  # FedLTN / LotteryFL: every site starts from the common initialization
+        for site in sites.values():
+            site.lottery = LotteryClient(lottery, get_weights(template), local_keys)
     coordinator = Coordinator(
         shared,
         config.strategy,
@@ -123,6 +131,7 @@ def build_federation(config: StudyConfig) -> Federation:
         config.train_config(),
         seed,
         secagg=config.secure_aggregation,
+        lottery=lottery if fedltn else None,
     )
     # Site authentication: every party knows every site's Ed25519 verify key up front.
     registry = {name: site.verify_key for name, site in sites.items()}
@@ -139,6 +148,7 @@ def build_federation(config: StudyConfig) -> Federation:
         batch_size=config.train.batch_size,
         fraction=config.strategy.fraction,
         template=template,
+        extra_epochs=config.personalization.fine_tune_epochs,
     )
     if privacy is not None:
         warnings = [*warnings, *privacy.warnings]
@@ -170,6 +180,8 @@ def _checkpoint_arrays(fed: Federation) -> dict[str, np.ndarray]:
     for slot, values in state["server_state"].items():  # type: ignore[attr-defined]
         arrays.update({f"coordinator/{slot}/{k}": v for k, v in values.items()})
     arrays["coordinator/rounds_done"] = np.array(state["rounds_done"])
+    for slot, values in state.get("lottery", {}).items():  # type: ignore[attr-defined]
+        arrays.update({f"coordinator/lottery/{slot}/{k}": v for k, v in values.items()})
     for i, site in enumerate(fed.sites.values()):
         arrays.update({f"site/{i}/{k}": v for k, v in site.state_dict().items()})
     return arrays
@@ -180,11 +192,16 @@ def _restore(fed: Federation, arrays: dict[str, np.ndarray]) -> None:
         return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
     server = {slot: under(f"coordinator/{slot}/") for slot in ("m", "v")}
+    lottery: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in under("coordinator/lottery/").items():
+        slot, name = key.rsplit("/", 1)
+        lottery.setdefault(slot, {})[name] = value
     fed.coordinator.load_state_dict(
         {
             "weights": under("coordinator/weights/"),
             "rounds_done": int(arrays["coordinator/rounds_done"]),
             "server_state": {k: v for k, v in server.items() if v},
+            **({"lottery": lottery} if lottery else {}),
         }
     )
     for i, site in enumerate(fed.sites.values()):
@@ -327,7 +344,9 @@ def _execute(fed: Federation, run_dir: RunDirectory, progress: ProgressFn | None
         )
 
         def on_round(result: RoundResult) -> None:
-            run_dir.append_records(_round_records(result))
+            records = _round_records(result)
+            records[-1].update(fed.coordinator.traffic)  # bytes down / up this round
+            run_dir.append_records(records)
             run_dir.save_checkpoint(_checkpoint_arrays(fed), result.round)
             notify("round", {"round": result.round, "evaluations": result.evaluations})
 
@@ -341,6 +360,7 @@ def _execute(fed: Federation, run_dir: RunDirectory, progress: ProgressFn | None
             # val_fraction = 0: no validation rows to evaluate on
             splits=("val", "test") if config.data.val_fraction > 0 else ("test",),
         )
+        _personalize(fed, run_dir, notify)
         _run_baselines(fed, run_dir, notify)
         _save_model(fed, run_dir)
         run_dir.update_meta(status="completed")
@@ -349,6 +369,44 @@ def _execute(fed: Federation, run_dir: RunDirectory, progress: ProgressFn | None
     write_report(run_dir)
     notify("done", {"run_dir": str(run_dir.path)})
     return result
+
+
+def _personalize(fed: Federation, run_dir: RunDirectory, notify: ProgressFn) -> None:
+    """``[personalization]``: each site fine-tunes the final model on its own training
+    split and is evaluated (``setting = "fine_tuned"`` records next to ``federated``).
+    With ``local`` DP the steps are DP-SGD in the site's ledger, under round R + 1."""
+    config = fed.config
+    spec = config.personalization
+    if not spec.enabled or any(r.get("setting") == "fine_tuned" for r in run_dir.records()):
+        return  # off, or already done before an interruption
+    rounds = fed.coordinator.rounds_done
+    splits = ("val", "test") if config.data.val_fraction > 0 else ("test",)
+    records: list[dict[str, Any]] = []
+    for site in fed.sites.values():
+        result, evaluations = site.personalize(
+            spec, fed.coordinator.weights, config.train_config(), rounds + 1, splits
+        )
+        if result.refused is not None:
+            reason = f"fine-tuning: {result.refused}"
+            records.append(
+                {"round": rounds, "kind": "refusal", "site": site.name, "reason": reason}
+            )
+        for ev in evaluations:
+            records.append(
+                {
+                    "round": rounds,
+                    "kind": "eval",
+                    "setting": "fine_tuned",
+                    "split": ev.split,
+                    "site": ev.site,
+                    "num_samples": ev.num_samples,
+                    "fine_tune_steps": result.steps,
+                    **({"epsilon": result.epsilon} if result.epsilon is not None else {}),
+                    **ev.metrics,
+                }
+            )
+        notify("personalize", {"site": site.name})
+    run_dir.append_records(records)
 
 
 def _run_baselines(fed: Federation, run_dir: RunDirectory, notify: ProgressFn) -> None:
