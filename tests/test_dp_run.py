@@ -25,7 +25,7 @@ from medsilo.errors import ConfigError
 from medsilo.fed.dp import CentralDp, dp_fedavg_pseudo_gradient
 from medsilo.fed.messages import Update
 from medsilo.privacy.accounting import epsilon_after
-from medsilo.privacy.dpsgd import train_dpsgd, unsupported_layers
+from medsilo.privacy.dpsgd import grad_sample_mode_for, train_dpsgd, unsupported_layers
 from medsilo.privacy.events import DpFedAvgEvent, DpSgdEvent
 from medsilo.privacy.ledger import Ledger
 from medsilo.study.run import run_study_text
@@ -243,3 +243,37 @@ def test_delta_at_least_one_over_n_names_the_site(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"site 'cleveland', 166 training records"):
         run_study_text(text, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("q", [0.3, 1e-9])
+def test_expanded_weights_and_hooks_give_the_same_dp_sgd(q: float) -> None:
+    """The mode chosen for Linear-only models (ExpandedWeights) equals Opacus' hooks,
+    including steps whose Poisson sample is empty (pure noise)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=gen)
+    y = (x[:, 0] > 0).long()
+
+    def run(mode: str) -> torch.Tensor:
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))
+        train_dpsgd(
+            model,
+            x,
+            y,
+            sample_rate=q,
+            steps=5,
+            noise_multiplier=0.7,
+            clip=0.5,
+            lr=0.5,
+            momentum=0.9,
+            weight_decay=0.0,
+            sampling_seed=3,
+            noise=torch.Generator().manual_seed(4),
+            grad_sample_mode=mode,
+        )  # type: ignore[arg-type]
+        assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(run("ew"), run("hooks"), rtol=1e-5, atol=1e-6)
+    assert grad_sample_mode_for(nn.Sequential(nn.Flatten(), nn.Linear(5, 2))) == "ew"
+    assert grad_sample_mode_for(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4))) == "hooks"
