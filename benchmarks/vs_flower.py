@@ -385,7 +385,7 @@ def prepare(workdir: Path, sites: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 repetition instead of 3")
+    parser.add_argument("--quick", action="store_true", help="1 repetition instead of 5")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--worker", choices=["medsilo", "flower", "plain"], help=argparse.SUPPRESS)
@@ -402,7 +402,7 @@ def main() -> None:
         (args.workdir / f"result-{args.worker}.json").write_text(json.dumps(out))
         return
 
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 5)
     started = datetime.now(UTC)
     tmp = Path(tempfile.mkdtemp(prefix="medsilo-vs-flower-"))
     for k in args.sites:
@@ -463,16 +463,27 @@ def main() -> None:
         f_mem = median([r["peak_rss_sum_mb"] for r in ok_f])
         m_first = median([r["first_round_s"] for r in ok_m])
         f_first = median([r["first_round_s"] for r in ok_f])
-        ratios = {
-            "steady": f_steady / m_steady,
-            "whole": f_whole / m_whole,
-            "memory": f_mem / m_mem,
-        }
+        # Ratios per repetition (the two runs of a repetition are adjacent in time), then
+        # the median: robust to the load of a shared machine changing between repetitions.
+        pairs = [
+            (m, f)
+            for m, f in zip(runs["medsilo"][k], runs["flower"][k], strict=True)
+            if m["ok"] and f["ok"]
+        ]
+        keys = {"steady": "steady_round_s", "whole": "wall_s", "memory": "peak_rss_sum_mb"}
+        per_rep = {name: [f[key] / m[key] for m, f in pairs] for name, key in keys.items()}
+        per_rep["first"] = [f["first_round_s"] / m["first_round_s"] for m, f in pairs]
+        ratios = {name: median(v) for name, v in per_rep.items()}
 
-        def verdict(key: str, ratios: dict[str, float] = ratios) -> str:
+        def verdict(
+            key: str,
+            ratios: dict[str, float] = ratios,
+            per_rep: dict[str, list[float]] = per_rep,
+        ) -> str:
             r = ratios[key]
             t = targets[key]
-            return f"{r:.1f}x ({'met' if r >= t else 'MISSED'}, target >= {t:g}x)"
+            spread = f"{min(per_rep[key]):.1f}-{max(per_rep[key]):.1f}"
+            return f"{r:.1f}x [{spread}] ({'met' if r >= t else 'MISSED'}, target >= {t:g}x)"
 
         rows += [
             [
@@ -488,7 +499,7 @@ def main() -> None:
                 "first round (s)",
                 f"{m_first:.3f}",
                 f"{f_first:.3f}",
-                f"{f_first / m_first:.1f}x",
+                f"{ratios['first']:.1f}x",
                 f"{p_first:.3f}",
             ],
             [
@@ -538,6 +549,7 @@ def main() -> None:
                 "import_s": median([r["import_s"] for r in ok_p]),
             },
             "ratios_flower_over_medsilo": ratios,
+            "ratios_per_repetition": per_rep,
             "medsilo_over_plain_steady": m_steady / p_steady,
         }
     detail_rows = []
@@ -562,7 +574,9 @@ def main() -> None:
         f"evaluation. Flower: `run_simulation`, Message-API ServerApp with "
         f"`flwr.serverapp.strategy.FedAvg`, ClientApp on Ray, client_resources num_cpus = "
         f"{CLIENT_CPUS:g} (2 actors on 2 cores). Medians of {reps} interleaved repetitions. "
-        "Ratio = Flower / medsilo (higher is better for medsilo). The last column is the "
+        "Columns medsilo, Flower, plain: medians over repetitions. Ratio = Flower / medsilo "
+        "(higher is better for medsilo), computed per repetition from the two adjacent runs, "
+        "then the median [range over repetitions]. The last column is the "
         "floor: the same rounds as a bare torch loop in its own process (one model, one "
         "optimizer, same batches, no framework; `_local_train.plain_fedavg_round`).\n\n"
         + md_table(

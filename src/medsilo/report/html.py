@@ -224,7 +224,7 @@ def render(run_dir: RunDirectory) -> str:
     parts.append(_table(setting_means(per_site)))
     if not wide.empty:
         parts.append("<h3>Test accuracy per site</h3>")
-        parts.append(_table(wide.reset_index()))
+        parts.append(_table(wide.rename_axis(columns=None).reset_index()))
     parts.append(
         "<p class='note'>The pooled baseline trains one model on all sites' data "
         "together. It exists only in simulation: in a real deployment no party can "
