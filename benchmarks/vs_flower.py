@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -612,6 +613,7 @@ def main() -> None:
         started,
     )
     print(out.read_text())
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
