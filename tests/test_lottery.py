@@ -465,7 +465,8 @@ def test_fedltn_study_from_toml_with_dp_records_exact_payload_sizes(tmp_path: Pa
 def test_fedltn_with_secure_aggregation_dp_and_fine_tuning_in_a_study(tmp_path: Path) -> None:
     """All together from one study file: each release in the ledger is the masked input
     (deltas and masks over the whole model, float64), the coordinator never learns a
-    mask, no clear upload is counted, and the fine-tune is release R + 1."""
+    mask, the upload counted is the three sites' masked vectors (32-bit elements), and the
+    fine-tune is release R + 1."""
     write_csv(tmp_path / "data.csv", tiny_frame())
     extra = FEDLTN + DP + "[secure_aggregation]\nenabled = true\nclip = 2.0\n"
     extra += "[personalization]\nfine_tune_epochs = 1\n"
@@ -479,7 +480,7 @@ def test_fedltn_with_secure_aggregation_dp_and_fine_tuning_in_a_study(tmp_path: 
         sizes = [e.payload_bytes for e in ledger.releases()]
     assert sizes == [8 * (shared + prunable)] * 2 + [0]
     rounds = result.history[result.history["kind"] == "round"]
-    assert "bytes_up" not in rounds or rounds["bytes_up"].isna().all()
+    assert (rounds["bytes_up"] == 3 * 4 * (shared + prunable)).all()
     assert (rounds["bytes_down"] == rounds["dense_bytes_down"]).all()
     assert set(result.per_site["setting"]) == {"federated", "fine_tuned"}
 

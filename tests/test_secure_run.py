@@ -129,3 +129,14 @@ def test_local_engine_carries_the_session(tmp_path: Path) -> None:
         splits=(),
     )
     assert [log["threshold"] for log in logs] == [4, 4]
+
+
+def test_secure_run_counts_the_masked_vectors_uploaded(tmp_path: Path) -> None:
+    result = run_study_text(STUDY.format(rounds=1), tmp_path / "run")
+    lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    (round_record,) = [r for r in map(json.loads, lines) if r["kind"] == "round"]
+    weights = np.load(result.run_dir / "final_model.npz")
+    dim = sum(weights[k].size for k in weights.files if k.startswith("global/"))
+    # Every one of the 4 sites' masked vectors reached the coordinator: dim elements of
+    # 32 bits each.
+    assert round_record["bytes_up"] == 4 * dim * 4

@@ -35,7 +35,7 @@ from medsilo.fed.secure import (
 from medsilo.fed.strategies import ServerState, StrategySpec, pseudo_gradient, server_step
 from medsilo.privacy.dpsgd import secret_seed
 from medsilo.secagg.errors import AbortError
-from medsilo.secagg.messages import ToCoordinator, ToSite
+from medsilo.secagg.messages import MaskedInput, ToCoordinator, ToSite
 from medsilo.secagg.server import CoordinatorState, Finished, coordinator_step, start
 
 
@@ -74,6 +74,7 @@ class Coordinator:
         """Each site's registered Ed25519 verify key (site authentication)."""
         self._round_secagg: SecAggRound | None = None
         self._session: CoordinatorState | None = None
+        self._masked_bytes = 0
         self.secagg_log: dict[str, object] = {}
         """What the coordinator saw of the last session (for the report)."""
         self.lottery: LotteryServer | None = None
@@ -84,8 +85,9 @@ class Coordinator:
         """Bytes of the last round's clear messages: ``bytes_down`` / ``bytes_up`` (FedLTN:
         exact sparse payload lengths; otherwise the arrays' raw float bytes) and
         ``dense_bytes_down`` / ``dense_bytes_up``, what dense float32 FedAvg messages of
-        the same model would have taken. Under secure aggregation the masked updates
-        travel inside the session and ``bytes_up`` is left out."""
+        the same model would have taken. Under secure aggregation ``bytes_up`` counts the
+        masked vectors that reached the coordinator, packed at ceil(bits/8) bytes per
+        element (the session's keys, encrypted shares and signatures are not counted)."""
 
     def select(self, round_: int) -> list[str]:
         """Sites asked to train in ``round_``: ceil(fraction * K), at least min_sites."""
@@ -144,6 +146,7 @@ class Coordinator:
         """Open this round's session among the sites that sent a (masked) update."""
         assert self.secagg is not None and self._round_secagg is not None
         self.secagg_log = {"participants": list(participants), "bits": self.secagg.bits}
+        self._masked_bytes = 0
         if len(participants) < 2:
             self.secagg_log["aborted"] = "fewer than 2 sites sent a masked update"
             return {}
@@ -156,7 +159,11 @@ class Coordinator:
 
     def secagg_step(self, inbox: Sequence[ToCoordinator]) -> dict[str, ToSite]:
         """Close a stage with the replies that arrived; empty when the session ended."""
-        assert self._session is not None
+        assert self._session is not None and self.secagg is not None
+        per_element = -(-self.secagg.bits // 8)
+        self._masked_bytes += sum(
+            m.vector.size * per_element for m in inbox if isinstance(m, MaskedInput)
+        )
         try:
             self._session, outbox = coordinator_step(self._session, inbox)
         except AbortError as error:  # fewer than t survived: release nothing
@@ -177,7 +184,9 @@ class Coordinator:
             raise ValueError(f"an update for another round arrived in round {round_}")
         self.rounds_done = round_
         self.traffic["dense_bytes_up"] = sparse.dense_bytes(self.weights) * len(updates)
-        if not any(u.masked for u in updates):  # masked updates travel in the session
+        if any(u.masked for u in updates):  # masked updates travel in the session
+            self.traffic["bytes_up"] = self._masked_bytes
+        else:
             self.traffic["bytes_up"] = sum(
                 len(u.sparse) if u.sparse is not None else sparse.dense_bytes(u.delta)
                 for u in updates

@@ -149,8 +149,9 @@ def _communication_section(history: pd.DataFrame) -> list[str]:
         "<h2>Communication</h2><p>Bytes of the model messages, summed over rounds and "
         "sites, next to what dense float32 FedAvg messages of the same model would take. "
         "FedLTN counts the exact length of each sparse payload (kept values and masks, "
-        "zlib); other strategies the arrays' raw bytes. Masked updates under secure "
-        "aggregation are not counted here.</p>",
+        "zlib); other strategies the arrays' raw bytes. Under secure aggregation the "
+        "upload is the masked vectors that reached the coordinator, at ceil(bits/8) bytes "
+        "per element (the session's keys, shares and signatures are not counted).</p>",
         _table(frame),
         "<h3>Per round</h3>",
         _table(table),
