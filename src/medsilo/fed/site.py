@@ -109,7 +109,12 @@ class Site:
         if self.lottery is not None:
             return self._lottery_round(plan, self.lottery)
         self._load_global(plan.weights)
-        anchor = {k: torch.from_numpy(np.asarray(v)).clone() for k, v in plan.weights.items()}
+        # FedProx's anchor (the global weights) is needed only when mu > 0.
+        anchor = (
+            {k: torch.from_numpy(np.asarray(v)).clone() for k, v in plan.weights.items()}
+            if plan.config.proximal_mu > 0
+            else None
+        )
         x, y = self._tensors["train"]
         metrics: dict[str, float] = {}
         if isinstance(self.dp, LocalDp):

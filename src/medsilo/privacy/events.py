@@ -40,7 +40,37 @@ MECHANISMS: tuple[Mechanism, ...] = ("dp_sgd", "dp_fedavg", "gaussian", "non_pri
 
 
 @dataclass(frozen=True, slots=True)
-class DpSgdEvent:
+class _SubsampledGaussian:
+    """Fields and conversions shared by the Poisson-subsampled Gaussian events."""
+
+    sample_rate: float
+    noise_multiplier: float
+    steps: int
+
+    mechanism: ClassVar[Mechanism]
+    unit: ClassVar[Unit]
+
+    def __post_init__(self) -> None:
+        check_q = check.sample_rate("sample_rate", self.sample_rate)
+        object.__setattr__(self, "sample_rate", check_q)
+        sigma = check.positive(
+            "noise_multiplier",
+            self.noise_multiplier,
+            "A release without noise is a NonPrivateEvent.",
+        )
+        object.__setattr__(self, "noise_multiplier", sigma)
+        object.__setattr__(self, "steps", check.count("steps", self.steps))
+
+    def to_dp_event(self) -> dp_event.DpEvent:
+        """The same release as a dp-accounting event."""
+        return _subsampled_gaussian(self.sample_rate, self.noise_multiplier, self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DpSgdEvent(_SubsampledGaussian):
     """``steps`` steps of DP-SGD at one site (Abadi et al., CCS 2016).
 
     Each step draws a Poisson sample (each record independently with probability
@@ -53,27 +83,12 @@ class DpSgdEvent:
     The clip C does not enter the accounting (noise scales with it); the ledger records it.
     """
 
-    sample_rate: float
-    noise_multiplier: float
-    steps: int
-
     mechanism: ClassVar[Mechanism] = "dp_sgd"
     unit: ClassVar[Unit] = "record"
 
-    def __post_init__(self) -> None:
-        _check_subsampled_gaussian(self)
-
-    def to_dp_event(self) -> dp_event.DpEvent:
-        """The same release as a dp-accounting event."""
-
-        return _subsampled_gaussian(self.sample_rate, self.noise_multiplier, self.steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
-
 
 @dataclass(frozen=True, slots=True)
-class DpFedAvgEvent:
+class DpFedAvgEvent(_SubsampledGaussian):
     """``steps`` rounds of DP-FedAvg, site-level central DP (McMahan et al., ICLR 2018).
 
     Each round the coordinator samples each site with probability ``sample_rate`` (q, the
@@ -83,23 +98,8 @@ class DpFedAvgEvent:
     what differs is the unit of privacy: one whole site (all its records), not one record.
     """
 
-    sample_rate: float
-    noise_multiplier: float
-    steps: int
-
     mechanism: ClassVar[Mechanism] = "dp_fedavg"
     unit: ClassVar[Unit] = "site"
-
-    def __post_init__(self) -> None:
-        _check_subsampled_gaussian(self)
-
-    def to_dp_event(self) -> dp_event.DpEvent:
-        """The same release as a dp-accounting event."""
-
-        return _subsampled_gaussian(self.sample_rate, self.noise_multiplier, self.steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,20 +219,6 @@ def event_from_dict(data: dict[str, Any]) -> PrivacyEvent:
     )
 
 
-def _check_subsampled_gaussian(event: DpSgdEvent | DpFedAvgEvent) -> None:
-    object.__setattr__(event, "sample_rate", check.sample_rate("sample_rate", event.sample_rate))
-    object.__setattr__(
-        event,
-        "noise_multiplier",
-        check.positive(
-            "noise_multiplier",
-            event.noise_multiplier,
-            "A release without noise is a NonPrivateEvent.",
-        ),
-    )
-    object.__setattr__(event, "steps", check.count("steps", event.steps))
-
-
 def _subsampled_gaussian(q: float, sigma: float, steps: int) -> dp_event.DpEvent:
     from dp_accounting import dp_event
 
@@ -241,7 +227,7 @@ def _subsampled_gaussian(q: float, sigma: float, steps: int) -> dp_event.DpEvent
     )
 
 
-def _as_dict(event: PrivacyEvent) -> dict[str, Any]:
+def _as_dict(event: PrivacyEvent | _SubsampledGaussian) -> dict[str, Any]:
     return {
         "mechanism": event.mechanism,
         "sample_rate": event.sample_rate,
