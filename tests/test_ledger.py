@@ -33,7 +33,13 @@ from medsilo.privacy.errors import (
     LedgerNotFoundError,
     PrivacyConfigError,
 )
-from medsilo.privacy.events import DpFedAvgEvent, DpSgdEvent, NonPrivateEvent
+from medsilo.privacy.events import (
+    DpFedAvgEvent,
+    DpSgdEvent,
+    NonPrivateEvent,
+    SkellamEvent,
+    ZcdpEvent,
+)
 from medsilo.privacy.ledger import (
     GENESIS_HASH,
     LEDGER_FILENAME,
@@ -486,3 +492,67 @@ def test_ledger_path_of_a_site_directory(tmp_path: Path) -> None:
 
 def test_docstring_example() -> None:
     assert doctest.testmod(ledger_module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+# ------------------------------------------------------------ distributed DP: two views
+
+
+def _skellam(survivors: int, share: float = 3e4) -> SkellamEvent:
+    return SkellamEvent(survivors * share, 40.0, 1600.0, sample_rate=0.05)
+
+
+def test_distributed_release_has_two_views_and_an_outcome(tmp_path: Path) -> None:
+    """Planned for t = 3 shares; 5 reached the sum: the outcome lowers the coordinator's
+    epsilon, the colluders' view (the site's own share) is unchanged, and verify agrees."""
+    path = tmp_path / LEDGER_FILENAME
+    with Ledger.open(path, site="A", budget=Budget(50.0, 1e-5)) as ledger:
+        planned, own = _skellam(3), _skellam(1)
+        release = Release.of_payload(
+            round=0, event=planned, clip=1.0, payload=b"masked", collusion_event=own
+        )
+        entry = ledger.record(release)
+        assert ledger.epsilon_spent() == pytest.approx(epsilon_after([planned], 1e-5))
+        assert ledger.epsilon_spent(view="collusion") == pytest.approx(epsilon_after([own], 1e-5))
+        outcome = ledger.record_outcome(entry.seq, _skellam(5), note="5 of 5 shares reached")
+        assert outcome.epsilon_after == pytest.approx(epsilon_after([_skellam(5)], 1e-5))
+        assert ledger.events() == (_skellam(5),)
+        assert ledger.events("collusion") == (own,)
+        assert (
+            ledger.epsilon_spent() < entry.epsilon_after < ledger.epsilon_spent("rdp", "collusion")
+        )
+        with pytest.raises(PrivacyConfigError, match="one outcome per release"):
+            ledger.record_outcome(entry.seq, _skellam(4), note="again")
+        second = ledger.record(
+            Release.of_payload(round=1, event=planned, clip=1.0, payload=b"x", collusion_event=own)
+        )
+        with pytest.raises(PrivacyConfigError, match="never less"):
+            ledger.record_outcome(second.seq, _skellam(2), note="fewer than planned")
+        with pytest.raises(PrivacyConfigError, match="mechanism, unit, sampling rate"):
+            ledger.record_outcome(second.seq, DpSgdEvent(0.05, 1.0, 1), note="other mechanism")
+        ledger.record_outcome(second.seq, None, note="aborted: 2 of 5 survived, t = 3")
+        assert ledger.events() == (_skellam(5),)  # the aborted round released nothing
+        assert ledger.events("collusion") == (own, own)  # its masked vector still left
+        report = ledger.verify()
+    assert report.epsilon_spent == pytest.approx(epsilon_after([_skellam(5)], 1e-5))
+    with Ledger.open(path) as again:  # everything is in the file
+        assert again.events() == (_skellam(5),) and again.verify().rows == 5
+
+
+def test_zcdp_and_skellam_params_are_hash_chained(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILENAME
+    with Ledger.open(path, site="A", budget=Budget(20.0, 1e-6)) as ledger:
+        ledger.record(Release.of_payload(round=0, event=ZcdpEvent(0.05), clip=None, payload=b"c"))
+        assert ledger.events() == (ZcdpEvent(0.05),)
+    db = _raw(path)
+    db.execute("UPDATE entries SET params = '{\"rho\":0.005}' WHERE seq = 2")
+    db.close()
+    with pytest.raises(LedgerCorruptError, match="row 2: its hash"):
+        Ledger.open(path).verify()
+
+
+def test_pld_ledger_refuses_skellam_before_writing(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILENAME
+    with Ledger.open(path, site="A", budget=BUDGET, accountant="pld") as ledger:
+        with pytest.raises(PrivacyConfigError, match="'pld' accountant cannot"):
+            ledger.record(Release.of_payload(round=0, event=_skellam(3), clip=1.0, payload=b"m"))
+        assert ledger.releases() == ()

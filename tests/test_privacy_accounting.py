@@ -39,6 +39,8 @@ from medsilo.privacy.events import (
     DpSgdEvent,
     GaussianEvent,
     NonPrivateEvent,
+    SkellamEvent,
+    ZcdpEvent,
     event_from_dict,
     event_from_fields,
 )
@@ -311,8 +313,22 @@ def test_record_and_site_events_do_not_mix() -> None:
 
 
 def test_events_round_trip_through_dicts() -> None:
-    for event in (CDP, DpFedAvgEvent(0.5, 1.0, 3), GaussianEvent(2.0, 4), NonPrivateEvent()):
+    skellam = SkellamEvent(4e4, 12.5, 156.25, sample_rate=0.1, steps=7, unit="site")
+    for event in (
+        CDP,
+        DpFedAvgEvent(0.5, 1.0, 3),
+        GaussianEvent(2.0, 4),
+        skellam,
+        ZcdpEvent(0.37, 2),
+        NonPrivateEvent(),
+    ):
         assert event_from_dict(event.to_dict()) == event
+    with pytest.raises(PrivacyConfigError, match="needs params"):
+        event_from_fields("zcdp", 1.0, 1.0, 1)
+    with pytest.raises(PrivacyConfigError, match="derived from the params"):
+        event_from_fields("zcdp", 1.0, 2.0, 1, {"rho": 0.5})
+    with pytest.raises(PrivacyConfigError, match="exactly the keys"):
+        event_from_fields("dp_sgd", 0.1, 1.0, 1, {"rho": 0.5})
     with pytest.raises(PrivacyConfigError, match="missing"):
         event_from_dict({"mechanism": "dp_sgd"})
     with pytest.raises(AttributeError):
@@ -321,7 +337,8 @@ def test_events_round_trip_through_dicts() -> None:
 
 @pytest.mark.parametrize("module", [events, accounting, calibration, spec])
 def test_docstring_examples(module: object) -> None:
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    names = {**vars(events), **vars(module)}  # docstrings may use any event type
+    result = doctest.testmod(module, extraglobs=names, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0
 
 
@@ -332,3 +349,40 @@ def test_rdp_orders_are_dp_accountings_defaults() -> None:
     from medsilo.privacy.accounting import RDP_ORDERS
 
     assert tuple(RDP_ORDERS) == tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+
+
+# --------------------------------------------------------------------------- zCDP, Skellam
+
+
+@given(rho=st.floats(1e-4, 10.0), steps=st.integers(1, 50), delta=st.sampled_from([1e-5, 1e-8]))
+@settings(max_examples=25, deadline=None)
+def test_zcdp_matches_dp_accountings_zcdp_event(rho: float, steps: int, delta: float) -> None:
+    reference = rdp_privacy_accountant.RdpAccountant(orders=RDP_ORDERS)
+    reference.compose(dp_event.ZCDpEvent(rho), steps)
+    ours = epsilon_after([ZcdpEvent(rho, steps)], delta, "rdp")
+    assert ours == pytest.approx(reference.get_epsilon(delta), rel=1e-9)
+
+
+def test_zcdp_is_the_gaussian_with_the_same_curve() -> None:
+    """rho = 1 / (2 sigma^2) (Bun & Steinke 2016, Prop. 1.6): the same RDP, the same epsilon."""
+    for sigma in (0.7, 1.0, 3.0):
+        zcdp = ZcdpEvent(1 / (2 * sigma**2), 3)
+        assert zcdp.noise_multiplier == pytest.approx(sigma)
+        gaussian = epsilon_after([GaussianEvent(sigma, 3)], 1e-6, "rdp")
+        assert epsilon_after([zcdp], 1e-6, "rdp") == pytest.approx(gaussian, rel=1e-6)
+
+
+def test_pld_refuses_what_it_cannot_account_and_names_the_fix() -> None:
+    skellam = SkellamEvent(1e6, 1e3, 1e6)
+    for event in (ZcdpEvent(0.1), skellam):
+        with pytest.raises(PrivacyConfigError, match=r"'pld' accountant cannot account.*'rdp'"):
+            epsilon_after([CDP, event], DELTA, "pld")
+        assert math.isfinite(epsilon_after([CDP, event], DELTA, "rdp_classic"))
+
+
+def test_compose_merges_skellam_only_with_identical_parameters() -> None:
+    a = SkellamEvent(4e4, 12.5, 156.25, steps=2)
+    b = SkellamEvent(5e4, 12.5, 156.25, steps=3)
+    merged = compose([a, b, a])
+    assert merged == (SkellamEvent(4e4, 12.5, 156.25, steps=4), b)
+    assert epsilon_after([a, b, a], DELTA) == pytest.approx(epsilon_after(merged, DELTA))

@@ -412,7 +412,10 @@ def test_composition_and_mixing_with_other_events() -> None:
     assert skellam_epsilon([one] * 5, 1e-5) == pytest.approx(skellam_epsilon([five], 1e-5))
     sgd = DpSgdEvent(sample_rate=0.01, noise_multiplier=1.0, steps=100)
     orders, curve = rdp_curve([sgd])
-    expected = epsilon_from_rdp(orders, curve + five.rdp(orders), 1e-5)
+    five_rdp = 5 * skellam_rdp(
+        orders, mu=900.0, l2_sensitivity=10.0, l1_sensitivity=100.0, sample_rate=0.1
+    )
+    expected = epsilon_from_rdp(orders, curve + five_rdp, 1e-5)
     assert skellam_epsilon([five, sgd], 1e-5) == pytest.approx(expected)
     assert skellam_epsilon([], 1e-5) == 0.0
     assert skellam_epsilon([five, NonPrivateEvent()], 1e-5) == math.inf

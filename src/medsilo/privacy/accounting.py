@@ -47,11 +47,12 @@ commutative, RDP adds and PLDs convolve, so merging changes nothing but the run 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import math
 from collections.abc import Iterable, Sequence
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -60,12 +61,11 @@ from medsilo.privacy import _validate as check
 from medsilo.privacy.errors import PrivacyConfigError
 from medsilo.privacy.events import (
     EVENT_TYPES,
-    DpFedAvgEvent,
-    DpSgdEvent,
-    GaussianEvent,
     NonPrivateEvent,
     PrivacyEvent,
+    SkellamEvent,
     Unit,
+    ZcdpEvent,
 )
 
 __all__ = [
@@ -147,8 +147,8 @@ def compose(events: Iterable[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
     Raises :class:`PrivacyConfigError` for anything that is not an event, and for events
     of different units of privacy (record-level and site-level epsilons do not add up).
     """
-    steps: dict[tuple[str, float, float], int] = {}
-    first: dict[tuple[str, float, float], PrivacyEvent] = {}
+    steps: dict[tuple[Any, ...], int] = {}
+    first: dict[tuple[Any, ...], PrivacyEvent] = {}
     units: dict[Unit, PrivacyEvent] = {}
     for i, event in enumerate(events):
         if not isinstance(event, EVENT_TYPES):
@@ -156,7 +156,8 @@ def compose(events: Iterable[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
             raise check.fail(f"events[{i}]", f"a privacy event ({names})", event)
         if not isinstance(event, NonPrivateEvent):
             units.setdefault(event.unit, event)
-        key = (event.mechanism, event.sample_rate, event.noise_multiplier)
+        key: tuple[Any, ...] = (event.mechanism, event.sample_rate, event.noise_multiplier)
+        key += (event.unit, *sorted(event.params().items()))
         first.setdefault(key, event)
         steps[key] = steps.get(key, 0) + event.steps
     if len(units) > 1:
@@ -165,7 +166,7 @@ def compose(events: Iterable[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
             "events must all protect the same unit of privacy (one record, or one whole "
             f"site); got {shown}. Account record-level and site-level releases separately."
         )
-    return tuple(_with_steps(first[key], n) for key, n in steps.items())
+    return tuple(dataclasses.replace(first[key], steps=n) for key, n in steps.items())
 
 
 def unit_of(events: Iterable[PrivacyEvent]) -> Unit | None:
@@ -180,15 +181,31 @@ def rdp_curve(events: Iterable[PrivacyEvent]) -> tuple[FloatArray, FloatArray]:
     """``(orders, rdp)``: the RDP of the composed events at each of :data:`RDP_ORDERS`.
 
     RDP composes additively (Mironov 2017, Prop. 1), so this is the sum over distinct
-    events of ``steps`` times the one-step RDP computed by dp-accounting. Orders at which
-    dp-accounting's series does not converge are ``inf`` (excluded from the minimum).
+    events of ``steps`` times the one-step RDP: computed by dp-accounting for the
+    Gaussian family, ``rho * alpha`` for zCDP (Bun & Steinke 2016, Def. 1.1), and the
+    Agarwal-Kairouz-Liu bound for Skellam (:func:`medsilo.privacy.skellam.skellam_rdp`).
+    Orders at which a series does not converge are ``inf`` (excluded from the minimum).
     """
+    orders = np.array(RDP_ORDERS, dtype=np.float64)
     total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
     for event in compose(events):
-        total = total + event.steps * _rdp_one_step(
-            event.mechanism, event.sample_rate, event.noise_multiplier
-        )
-    return np.array(RDP_ORDERS, dtype=np.float64), total
+        if isinstance(event, SkellamEvent):
+            # Imported here: skellam.py builds on this module (calibration, epsilon_after).
+            from medsilo.privacy.skellam import skellam_rdp
+
+            one = skellam_rdp(
+                orders,
+                mu=event.mu,
+                l2_sensitivity=event.l2_sensitivity,
+                l1_sensitivity=event.l1_sensitivity,
+                sample_rate=event.sample_rate,
+            )
+        elif isinstance(event, ZcdpEvent):
+            one = event.rho * orders
+        else:
+            one = _rdp_one_step(event.mechanism, event.sample_rate, event.noise_multiplier)
+        total = total + event.steps * one
+    return orders, total
 
 
 def epsilon_from_rdp(
@@ -292,16 +309,6 @@ class PrivacyAccountant:
         return epsilon_after((*self._events, event), delta, self._name)
 
 
-def _with_steps(event: PrivacyEvent, steps: int) -> PrivacyEvent:
-    if isinstance(event, DpSgdEvent):
-        return DpSgdEvent(event.sample_rate, event.noise_multiplier, steps)
-    if isinstance(event, DpFedAvgEvent):
-        return DpFedAvgEvent(event.sample_rate, event.noise_multiplier, steps)
-    if isinstance(event, GaussianEvent):
-        return GaussianEvent(event.noise_multiplier, steps)
-    return NonPrivateEvent(steps)
-
-
 @functools.lru_cache(maxsize=4096)
 def _rdp_one_step(mechanism: str, sample_rate: float, noise_multiplier: float) -> FloatArray:
     """One step's RDP at :data:`RDP_ORDERS`, from dp-accounting's ``RdpAccountant``."""
@@ -336,6 +343,13 @@ def _epsilon(groups: tuple[PrivacyEvent, ...], delta: float, accountant: Account
     eps_rdp = epsilon_from_rdp(orders, rdp, delta, "balle")
     if accountant == "rdp":
         return eps_rdp
+    rdp_only = [e.mechanism for e in groups if isinstance(e, SkellamEvent | ZcdpEvent)]
+    if rdp_only:
+        raise PrivacyConfigError(
+            f"the 'pld' accountant cannot account {sorted(set(rdp_only))} releases: "
+            "dp-accounting has no privacy loss distribution for them. Use the accountant "
+            "'rdp' (or 'rdp_classic') for this site's ledger and study."
+        )
     from dp_accounting import dp_event  # lazily: dp-accounting takes seconds to import
     from dp_accounting.pld import pld_privacy_accountant
 

@@ -19,11 +19,15 @@ medsilo.privacy.errors.PrivacyConfigError: sample_rate must be in (0, 1] ...; go
 All events share five attributes, which are also the ledger's columns: ``mechanism``,
 ``unit`` (what one "neighbouring dataset" differs by: one ``record`` or one whole ``site``),
 ``sample_rate`` (q), ``noise_multiplier`` (sigma, noise std / L2 sensitivity) and
-``steps`` (how many times the mechanism ran).
+``steps`` (how many times the mechanism ran). Two events need more numbers than these
+five, kept in :meth:`params` (the ledger's ``params`` column): the Skellam mechanism (its
+variance and both sensitivities) and a zCDP release (its rho).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
@@ -33,10 +37,17 @@ from medsilo.privacy.errors import PrivacyConfigError
 if TYPE_CHECKING:  # dp-accounting takes seconds to import: only where events are converted
     from dp_accounting import dp_event
 
-Mechanism = Literal["dp_sgd", "dp_fedavg", "gaussian", "non_private"]
+Mechanism = Literal["dp_sgd", "dp_fedavg", "gaussian", "skellam", "zcdp", "non_private"]
 Unit = Literal["record", "site"]
 
-MECHANISMS: tuple[Mechanism, ...] = ("dp_sgd", "dp_fedavg", "gaussian", "non_private")
+MECHANISMS: tuple[Mechanism, ...] = (
+    "dp_sgd",
+    "dp_fedavg",
+    "gaussian",
+    "skellam",
+    "zcdp",
+    "non_private",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,10 @@ class _SubsampledGaussian:
         )
         object.__setattr__(self, "noise_multiplier", sigma)
         object.__setattr__(self, "steps", check.count("steps", self.steps))
+
+    def params(self) -> dict[str, Any]:
+        """Parameters beyond the five attributes: none."""
+        return {}
 
     def to_dp_event(self) -> dp_event.DpEvent:
         """The same release as a dp-accounting event."""
@@ -130,6 +145,10 @@ class GaussianEvent:
         )
         object.__setattr__(self, "steps", check.count("steps", self.steps))
 
+    def params(self) -> dict[str, Any]:
+        """Parameters beyond the five attributes: none."""
+        return {}
+
     def to_dp_event(self) -> dp_event.DpEvent:
         """The same release as a dp-accounting event."""
         from dp_accounting import dp_event
@@ -137,6 +156,123 @@ class GaussianEvent:
         return dp_event.SelfComposedDpEvent(
             dp_event.GaussianDpEvent(self.noise_multiplier), self.steps
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SkellamEvent:
+    """``steps`` releases of a sum carrying ``Sk(mu)`` noise (integer units), each
+    contribution bounded by ``l2_sensitivity`` / ``l1_sensitivity`` after rounding, each
+    unit taking part with probability ``sample_rate`` (Poisson sampling; 1 = always).
+
+    The distributed-DP mechanism of Agarwal, Kairouz, Liu (NeurIPS 2021): sites add
+    Skellam shares that secure aggregation sums (:mod:`medsilo.privacy.skellam`, which
+    also gives its RDP bound; the accountants call it). ``noise_multiplier`` is
+    sqrt(mu) / Delta_2, the Gaussian noise multiplier of the same variance, for display.
+
+    ``sample_rate < 1`` claims amplification by subsampling, which holds only if the
+    adversary does not learn who was sampled: right for records a site samples itself
+    (DP-SGD), wrong for sites that the coordinator picks (site-level DP against the
+    coordinator: use ``sample_rate=1``).
+
+    >>> event = SkellamEvent(mu=400.0, l2_sensitivity=2.0, l1_sensitivity=4.0)
+    >>> event.mechanism, event.noise_multiplier
+    ('skellam', 10.0)
+    """
+
+    mu: float
+    l2_sensitivity: float
+    l1_sensitivity: float
+    sample_rate: float = 1.0
+    steps: int = 1
+    unit: Unit = "record"
+
+    mechanism: ClassVar[Mechanism] = "skellam"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "mu", check.positive("mu", self.mu, "A release without noise is non-private."))
+        set_(self, "l2_sensitivity", check.positive("l2_sensitivity", self.l2_sensitivity))
+        l1 = check.positive("l1_sensitivity", self.l1_sensitivity)
+        if l1 < self.l2_sensitivity:
+            raise check.fail(
+                "l1_sensitivity",
+                f">= l2_sensitivity = {self.l2_sensitivity} (||v||_1 >= ||v||_2)",
+                l1,
+            )
+        set_(self, "l1_sensitivity", l1)
+        set_(self, "sample_rate", check.sample_rate("sample_rate", self.sample_rate))
+        set_(self, "steps", check.count("steps", self.steps))
+        if self.unit not in ("record", "site"):
+            raise check.fail("unit", "'record' or 'site'", self.unit)
+
+    @property
+    def noise_multiplier(self) -> float:
+        """sqrt(mu) / Delta_2: the Gaussian noise multiplier with the same variance."""
+        return math.sqrt(self.mu) / self.l2_sensitivity
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "mu": self.mu,
+            "l2_sensitivity": self.l2_sensitivity,
+            "l1_sensitivity": self.l1_sensitivity,
+            "unit": self.unit,
+        }
+
+    def to_dp_event(self) -> dp_event.DpEvent:
+        """dp-accounting has no Skellam event: only the RDP accountants take this one."""
+        from dp_accounting import dp_event
+
+        return dp_event.UnsupportedDpEvent()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ZcdpEvent:
+    """``steps`` releases, each ``rho``-zero-concentrated DP (Bun & Steinke, TCC 2016).
+
+    rho-zCDP means RDP of ``rho * alpha`` at every order alpha > 1 (their Def. 1.1), so it
+    composes in the RDP accountants exactly. What produces it: the Gaussian mechanism
+    with sensitivity Delta and noise sigma is (Delta^2 / (2 sigma^2))-zCDP (their Prop.
+    1.6), and the exponential mechanism with epsilon is (epsilon^2 / 8)-zCDP (Cesar &
+    Rogers, "Bounding, concentrating, and truncating", ALT 2021), which is how AIM and MST
+    (McKenna et al.) spend their budgets. ``noise_multiplier`` is 1 / sqrt(2 rho), the
+    Gaussian noise multiplier with the same RDP curve, for display. Unit: one record.
+
+    >>> ZcdpEvent(rho=0.5).noise_multiplier
+    1.0
+    """
+
+    rho: float
+    steps: int = 1
+
+    mechanism: ClassVar[Mechanism] = "zcdp"
+    unit: ClassVar[Unit] = "record"
+    sample_rate: ClassVar[float] = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "rho", check.positive("rho", self.rho, "rho = 0 is a release without noise.")
+        )
+        object.__setattr__(self, "steps", check.count("steps", self.steps))
+
+    @property
+    def noise_multiplier(self) -> float:
+        """1 / sqrt(2 rho): the Gaussian noise multiplier of the same zCDP."""
+        return 1.0 / math.sqrt(2.0 * self.rho)
+
+    def params(self) -> dict[str, Any]:
+        return {"rho": self.rho}
+
+    def to_dp_event(self) -> dp_event.DpEvent:
+        """The same release as a dp-accounting event (RDP accountant only)."""
+        from dp_accounting import dp_event
+
+        return dp_event.SelfComposedDpEvent(dp_event.ZCDpEvent(self.rho), self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         return _as_dict(self)
@@ -160,6 +296,10 @@ class NonPrivateEvent:
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", check.count("steps", self.steps))
 
+    def params(self) -> dict[str, Any]:
+        """Parameters beyond the five attributes: none."""
+        return {}
+
     def to_dp_event(self) -> dp_event.DpEvent:
         """The same release as a dp-accounting event."""
         from dp_accounting import dp_event
@@ -170,53 +310,107 @@ class NonPrivateEvent:
         return _as_dict(self)
 
 
-PrivacyEvent: TypeAlias = DpSgdEvent | DpFedAvgEvent | GaussianEvent | NonPrivateEvent
+PrivacyEvent: TypeAlias = (
+    DpSgdEvent | DpFedAvgEvent | GaussianEvent | SkellamEvent | ZcdpEvent | NonPrivateEvent
+)
 """Any event an accountant or a ledger accepts."""
 
 EVENT_TYPES: tuple[type[PrivacyEvent], ...] = (
     DpSgdEvent,
     DpFedAvgEvent,
     GaussianEvent,
+    SkellamEvent,
+    ZcdpEvent,
     NonPrivateEvent,
 )
 
 
 def event_from_fields(
-    mechanism: str, sample_rate: float, noise_multiplier: float, steps: int
+    mechanism: str,
+    sample_rate: float,
+    noise_multiplier: float,
+    steps: int,
+    params: Mapping[str, Any] | None = None,
 ) -> PrivacyEvent:
-    """Rebuild an event from its five-attribute form (a ledger row, a JSON object).
+    """Rebuild an event from its five-attribute form plus ``params`` (a ledger row, a
+    JSON object). ``params`` carries what the five attributes cannot: Skellam's ``mu``
+    and sensitivities, zCDP's ``rho``; the stored ``noise_multiplier`` of those two is
+    derived, so it must agree with them.
 
     >>> event_from_fields("dp_sgd", 0.5, 1.2, 3)
     DpSgdEvent(sample_rate=0.5, noise_multiplier=1.2, steps=3)
     >>> event_from_fields("gaussian", 1.0, 2.0, 1)
     GaussianEvent(noise_multiplier=2.0, steps=1)
+    >>> event_from_fields("zcdp", 1.0, 1.0, 2, {"rho": 0.5})
+    ZcdpEvent(rho=0.5, steps=2)
     """
+    extra = dict(params or {})
+    event: PrivacyEvent
     if mechanism == "dp_sgd":
-        return DpSgdEvent(sample_rate, noise_multiplier, steps)
-    if mechanism == "dp_fedavg":
-        return DpFedAvgEvent(sample_rate, noise_multiplier, steps)
-    if mechanism in ("gaussian", "non_private"):
+        event = DpSgdEvent(sample_rate, noise_multiplier, steps)
+    elif mechanism == "dp_fedavg":
+        event = DpFedAvgEvent(sample_rate, noise_multiplier, steps)
+    elif mechanism == "skellam":
+        keys = ("mu", "l2_sensitivity", "l1_sensitivity", "unit")
+        _require(mechanism, extra, keys)
+        event = SkellamEvent(
+            extra["mu"],
+            extra["l2_sensitivity"],
+            extra["l1_sensitivity"],
+            sample_rate,
+            steps,
+            extra["unit"],
+        )
+    elif mechanism in ("gaussian", "zcdp", "non_private"):
         if check.real("sample_rate", sample_rate) != 1.0:
             raise check.fail("sample_rate", f"1 for mechanism {mechanism!r}", sample_rate)
         if mechanism == "gaussian":
-            return GaussianEvent(noise_multiplier, steps)
-        if check.real("noise_multiplier", noise_multiplier) != 0.0:
-            raise check.fail("noise_multiplier", "0 for mechanism 'non_private'", noise_multiplier)
-        return NonPrivateEvent(steps)
-    raise check.fail("mechanism", f"one of {', '.join(map(repr, MECHANISMS))}", mechanism)
+            event = GaussianEvent(noise_multiplier, steps)
+        elif mechanism == "zcdp":
+            _require(mechanism, extra, ("rho",))
+            event = ZcdpEvent(extra["rho"], steps)
+        else:
+            if check.real("noise_multiplier", noise_multiplier) != 0.0:
+                raise check.fail(
+                    "noise_multiplier", "0 for mechanism 'non_private'", noise_multiplier
+                )
+            event = NonPrivateEvent(steps)
+    else:
+        raise check.fail("mechanism", f"one of {', '.join(map(repr, MECHANISMS))}", mechanism)
+    if set(extra) != set(event.params()):
+        raise check.fail(
+            "params", f"exactly the keys {sorted(event.params())} for {mechanism!r}", extra
+        )
+    if not math.isclose(event.noise_multiplier, noise_multiplier, rel_tol=1e-9):
+        raise check.fail(
+            "noise_multiplier",
+            f"{event.noise_multiplier!r}, as derived from the params of {mechanism!r}",
+            noise_multiplier,
+        )
+    return event
 
 
-def event_from_dict(data: dict[str, Any]) -> PrivacyEvent:
+def event_from_dict(data: Mapping[str, Any]) -> PrivacyEvent:
     """Inverse of ``event.to_dict()``."""
-    missing = {"mechanism", "sample_rate", "noise_multiplier", "steps"} - set(data)
+    required = {"mechanism", "sample_rate", "noise_multiplier", "steps"}
+    missing = required - set(data)
     if missing:
         raise PrivacyConfigError(
             f"event must have the keys mechanism, sample_rate, noise_multiplier, steps; "
             f"missing {sorted(missing)} in {data!r}."
         )
+    params = {k: v for k, v in data.items() if k not in required}
     return event_from_fields(
-        data["mechanism"], data["sample_rate"], data["noise_multiplier"], data["steps"]
+        data["mechanism"], data["sample_rate"], data["noise_multiplier"], data["steps"], params
     )
+
+
+def _require(mechanism: str, params: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise PrivacyConfigError(
+            f"a {mechanism!r} event needs params {list(keys)}; missing {missing} in {params!r}."
+        )
 
 
 def _subsampled_gaussian(q: float, sigma: float, steps: int) -> dp_event.DpEvent:
@@ -233,4 +427,5 @@ def _as_dict(event: PrivacyEvent | _SubsampledGaussian) -> dict[str, Any]:
         "sample_rate": event.sample_rate,
         "noise_multiplier": event.noise_multiplier,
         "steps": event.steps,
+        **event.params(),
     }

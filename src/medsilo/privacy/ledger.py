@@ -18,6 +18,18 @@ site then sends and calls :meth:`Ledger.mark_sent`. A crash between ``record`` a
 send leaves a recorded release that never left: the ledger may over-count, never
 under-count (tests/test_ledger.py kills a process at each point to check this).
 
+Distributed DP (two views, and outcomes). In ``distributed`` mode a site's release is
+a Skellam share that only secure aggregation turns into a private sum, so a release
+row carries two events: ``event``, what the coordinator learns (the sum's noise, planned
+for the minimum number t of surviving shares: the protocol aborts below t), and
+``collusion``, what the coordinator learns if every other site colludes with it (this
+site's own share). Budgets are checked against the coordinator's view (DESIGN.md's
+threat model: an honest-but-curious coordinator, fewer than t colluders); both epsilons
+are reported. Once the round is over the site appends an ``outcome`` row naming the
+release (``refers_to``) with the event that actually reached the sum (more shares than
+t: more noise) or none if the protocol aborted; it may only lower the coordinator's
+epsilon. A crash before the outcome leaves the planned, pessimistic event.
+
 Tamper evidence. Every row stores ``hash = sha256(prev_hash || canonical JSON of the
 row)`` (hex strings, JSON with sorted keys and no spaces; the first row's ``prev_hash``
 is 64 zeros), and the meta table stores the head (last row number and hash), updated in
@@ -55,7 +67,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -68,7 +80,7 @@ from medsilo.privacy.errors import (
     LedgerNotFoundError,
     PrivacyConfigError,
 )
-from medsilo.privacy.events import EVENT_TYPES, PrivacyEvent, event_from_fields
+from medsilo.privacy.events import EVENT_TYPES, PrivacyEvent, event_from_dict, event_from_fields
 
 __all__ = [
     "FORMAT",
@@ -80,15 +92,19 @@ __all__ = [
     "LedgerEntry",
     "Release",
     "VerifyReport",
+    "View",
     "ledger_path",
     "row_hash",
 ]
 
-FORMAT = "medsilo-ledger/1"
+FORMAT = "medsilo-ledger/2"
 LEDGER_FILENAME = "ledger.sqlite"
 """The ledger's file name inside a site directory."""
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first row."""
+
+View: TypeAlias = Literal["coordinator", "collusion"]
+"""Whose knowledge an epsilon is against (module docstring, "Distributed DP")."""
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _EPSILON_RTOL = 1e-6
@@ -101,7 +117,7 @@ CREATE TABLE IF NOT EXISTS meta (
 ) STRICT;
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL CHECK (kind IN ('budget', 'release')),
+    kind TEXT NOT NULL CHECK (kind IN ('budget', 'release', 'outcome')),
     site TEXT NOT NULL,
     created_at TEXT NOT NULL,
     budget_epsilon REAL,
@@ -113,6 +129,9 @@ CREATE TABLE IF NOT EXISTS entries (
     noise_multiplier REAL,
     clip REAL,
     steps INTEGER,
+    params TEXT,
+    collusion TEXT,
+    refers_to INTEGER,
     accountant TEXT,
     delta REAL,
     epsilon_after REAL,
@@ -145,6 +164,9 @@ _HASHED_COLUMNS = (
     "noise_multiplier",
     "clip",
     "steps",
+    "params",
+    "collusion",
+    "refers_to",
     "accountant",
     "delta",
     "epsilon_after",
@@ -163,7 +185,7 @@ _FLOAT_COLUMNS = frozenset(
         "epsilon_after",
     }
 )
-_INT_COLUMNS = frozenset({"seq", "round", "steps", "payload_bytes"})
+_INT_COLUMNS = frozenset({"seq", "round", "steps", "refers_to", "payload_bytes"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,12 +215,22 @@ class Release:
     clip: float | None
     payload_bytes: int
     payload_sha256: str
+    collusion_event: PrivacyEvent | None = None
+    """The release as the coordinator colluding with all other sites sees it, when that
+    differs from ``event`` (distributed DP: the site's own noise share)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "round", check.count("round", self.round, minimum=0))
+        names = ", ".join(t.__name__ for t in EVENT_TYPES)
         if not isinstance(self.event, EVENT_TYPES):
-            names = ", ".join(t.__name__ for t in EVENT_TYPES)
             raise check.fail("event", f"a privacy event ({names})", self.event)
+        if self.collusion_event is not None:
+            if not isinstance(self.collusion_event, EVENT_TYPES):
+                raise check.fail("collusion_event", f"a privacy event ({names})", self.event)
+            if self.collusion_event.unit != self.event.unit:
+                raise check.fail(
+                    "collusion_event", f"of the event's unit {self.event.unit!r}", self.event
+                )
         if self.clip is not None:
             object.__setattr__(self, "clip", check.positive("clip", self.clip))
         object.__setattr__(
@@ -207,15 +239,28 @@ class Release:
         if not isinstance(self.payload_sha256, str) or not _SHA256.match(self.payload_sha256):
             raise check.fail("payload_sha256", "64 lowercase hex digits", self.payload_sha256)
 
+    def view(self, view: View) -> PrivacyEvent:
+        """The event as ``view`` sees it."""
+        if view == "collusion" and self.collusion_event is not None:
+            return self.collusion_event
+        return self.event
+
     @classmethod
     def of_payload(
-        cls, *, round: int, event: PrivacyEvent, clip: float | None, payload: bytes
+        cls,
+        *,
+        round: int,
+        event: PrivacyEvent,
+        clip: float | None,
+        payload: bytes,
+        collusion_event: PrivacyEvent | None = None,
     ) -> Release:
         """The release of ``payload`` (its length and SHA-256 are recorded, not the bytes)."""
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise check.fail("payload", "bytes", type(payload).__name__)
         data = bytes(payload)
-        return cls(round, event, clip, len(data), hashlib.sha256(data).hexdigest())
+        digest = hashlib.sha256(data).hexdigest()
+        return cls(round, event, clip, len(data), digest, collusion_event)
 
     @classmethod
     def of_arrays(
@@ -225,6 +270,7 @@ class Release:
         event: PrivacyEvent,
         clip: float | None,
         arrays: Mapping[str, npt.ArrayLike],
+        collusion_event: PrivacyEvent | None = None,
     ) -> Release:
         """The release of named arrays (a model update), without serializing them first.
 
@@ -241,15 +287,16 @@ class Release:
             digest.update(f"{name}|{array.dtype.str}|{tuple(array.shape)}\n".encode())
             digest.update(array.data)
             total += array.nbytes
-        return cls(round, event, clip, total, digest.hexdigest())
+        return cls(round, event, clip, total, digest.hexdigest(), collusion_event)
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One row of the ledger: a budget setting (``kind="budget"``) or a release."""
+    """One row of the ledger: a budget setting (``kind="budget"``), a release, or the
+    outcome of a release (``kind="outcome"``, ``refers_to`` its row)."""
 
     seq: int
-    kind: Literal["budget", "release"]
+    kind: Literal["budget", "release", "outcome"]
     site: str
     created_at: str
     prev_hash: str
@@ -263,6 +310,9 @@ class LedgerEntry:
     noise_multiplier: float | None = None
     clip: float | None = None
     steps: int | None = None
+    params: str | None = None
+    collusion: str | None = None
+    refers_to: int | None = None
     accountant: str | None = None
     delta: float | None = None
     epsilon_after: float | None = None
@@ -273,16 +323,36 @@ class LedgerEntry:
 
     @property
     def event(self) -> PrivacyEvent:
-        """The privacy event of a release row."""
+        """The privacy event of a release row (the coordinator's view, as planned)."""
         if self.kind != "release":
             raise PrivacyConfigError(
                 f"ledger row {self.seq} is a {self.kind} entry, not a release."
             )
+        return self._fields_event()
+
+    @property
+    def collusion_event(self) -> PrivacyEvent:
+        """A release as the coordinator colluding with every other site sees it."""
+        if self.collusion is None:
+            return self.event
+        return event_from_dict(json.loads(self.collusion))
+
+    @property
+    def reached(self) -> PrivacyEvent | None:
+        """An outcome row's event: what reached the coordinator (``None``: aborted)."""
+        if self.kind != "outcome":
+            raise PrivacyConfigError(
+                f"ledger row {self.seq} is a {self.kind} entry, not an outcome."
+            )
+        return None if self.mechanism is None else self._fields_event()
+
+    def _fields_event(self) -> PrivacyEvent:
         return event_from_fields(
             str(self.mechanism),
             _num(self.sample_rate),
             _num(self.noise_multiplier),
             int(self.steps or 0),
+            None if self.params is None else json.loads(self.params),
         )
 
     @property
@@ -464,18 +534,24 @@ class Ledger:
         """The release rows, in order."""
         return tuple(r for r in self.entries() if r.kind == "release")
 
-    def events(self) -> tuple[PrivacyEvent, ...]:
-        """The privacy events of all releases: the accountant's whole state."""
-        return tuple(r.event for r in self.releases())
+    def events(self, view: View = "coordinator") -> tuple[PrivacyEvent, ...]:
+        """The privacy events of all releases, as ``view`` sees them (module docstring):
+        the accountant's whole state."""
+        with self._lock:
+            return _events(_read_rows(self._db, self._path), view)
 
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last row: publish it outside the site to anchor the chain."""
         last = self.entries()[-1]
         return last.seq, last.hash
 
-    def epsilon_spent(self, accountant: AccountantName | str | None = None) -> float:
-        """Epsilon spent by all recorded releases, at the budget's delta."""
-        return epsilon_after(self.events(), self.budget.delta, self._name(accountant))
+    def epsilon_spent(
+        self, accountant: AccountantName | str | None = None, view: View = "coordinator"
+    ) -> float:
+        """Epsilon spent by all recorded releases, at the budget's delta, against ``view``:
+        the coordinator (what budgets bound) or the coordinator colluding with all other
+        sites (``"collusion"``; differs only for distributed DP)."""
+        return epsilon_after(self.events(view), self.budget.delta, self._name(accountant))
 
     def remaining(self, accountant: AccountantName | str | None = None) -> float:
         """Budget epsilon minus epsilon spent (negative if the site lowered its budget)."""
@@ -493,8 +569,7 @@ class Ledger:
         with self._lock:
             rows = _read_rows(self._db, self._path)
         budget = _current_budget(rows)
-        events = [r.event for r in rows if r.kind == "release"]
-        eps = epsilon_after([*events, event], budget.delta, name)
+        eps = epsilon_after([*_events(rows), event], budget.delta, name)
         return BudgetCheck(eps > budget.epsilon, eps)
 
     # ----------------------------------------------------------------- writing
@@ -514,8 +589,9 @@ class Ledger:
         with self._lock, self._transaction():
             rows = _read_rows(self._db, self._path)
             budget = _current_budget(rows)
-            events = [r.event for r in rows if r.kind == "release"]
+            events = list(_events(rows))
             compose([*events, release.event])  # same unit of privacy as before
+            compose([*_events(rows, "collusion"), release.view("collusion")])
             eps = epsilon_after([*events, release.event], budget.delta, name)
             if eps > budget.epsilon:
                 spent = epsilon_after(events, budget.delta, name)
@@ -540,6 +616,12 @@ class Ledger:
                 noise_multiplier=event.noise_multiplier,
                 clip=release.clip,
                 steps=event.steps,
+                params=_params_json(event),
+                collusion=(
+                    None
+                    if release.collusion_event is None
+                    else canonical_json(release.collusion_event.to_dict())
+                ),
                 accountant=name,
                 delta=budget.delta,
                 epsilon_after=eps,
@@ -547,6 +629,60 @@ class Ledger:
                 payload_sha256=release.payload_sha256,
             )
         return entry
+
+    def record_outcome(
+        self,
+        seq: int,
+        reached: PrivacyEvent | None,
+        *,
+        note: str,
+        accountant: AccountantName | str | None = None,
+    ) -> LedgerEntry:
+        """Append what release ``seq`` actually gave the coordinator, once it is known:
+        ``reached`` is the event of the sum it saw (e.g. more Skellam shares than
+        planned), ``None`` if the protocol aborted and nothing was released to it.
+
+        The outcome replaces the planned event in the coordinator's view; it must be the
+        same mechanism, unit, sampling rate and steps, and may only lower the epsilon
+        (:class:`PrivacyConfigError` otherwise, nothing written). One outcome per release.
+        """
+        seq = check.count("seq", seq)
+        if reached is not None and not isinstance(reached, EVENT_TYPES):
+            raise check.fail("reached", "a privacy event, or None (aborted)", reached)
+        if not isinstance(note, str) or not note.strip():
+            raise check.fail("note", "a non-empty description of the outcome", note)
+        name = self._name(accountant)
+        with self._lock, self._transaction():
+            rows = _read_rows(self._db, self._path)
+            release = _outcome_target(rows, seq)
+            if reached is not None:
+                _check_same_release(release.event, reached)
+            budget = _current_budget(rows)
+            before = epsilon_after(_events(rows), budget.delta, name)
+            eps = epsilon_after(_events(rows, outcome={seq: reached}), budget.delta, name)
+            if eps > before * (1 + _EPSILON_RTOL) + 1e-12:
+                raise PrivacyConfigError(
+                    f"reached must not raise the coordinator's epsilon of release {seq} "
+                    f"(it would go from {before:.6g} to {eps:.6g}); an outcome records "
+                    "more noise than planned, or an abort, never less."
+                )
+            outcome: dict[str, Any] = {
+                "kind": "outcome",
+                "refers_to": seq,
+                "round": release.round,
+                "note": note,
+                "accountant": name,
+                "delta": budget.delta,
+            }
+            if reached is not None:
+                outcome.update(
+                    mechanism=reached.mechanism,
+                    sample_rate=reached.sample_rate,
+                    noise_multiplier=reached.noise_multiplier,
+                    steps=reached.steps,
+                    params=_params_json(reached),
+                )
+            return self._append(rows, epsilon_after=eps, **outcome)
 
     def mark_sent(self, seq: int) -> None:
         """Note that release ``seq`` has left the site (optional; idempotent)."""
@@ -615,6 +751,63 @@ class Ledger:
 
 
 # --------------------------------------------------------------------- pure helpers
+
+
+def _events(
+    rows: list[LedgerEntry],
+    view: View = "coordinator",
+    outcome: Mapping[int, PrivacyEvent | None] | None = None,
+) -> tuple[PrivacyEvent, ...]:
+    """The releases' events as ``view`` sees them: for the coordinator, each release's
+    outcome (if any; ``outcome`` adds some not yet written) replaces its planned event,
+    and an aborted release drops out."""
+    if view == "collusion":
+        return tuple(r.collusion_event for r in rows if r.kind == "release")
+    if view != "coordinator":
+        raise check.fail("view", "'coordinator' or 'collusion'", view)
+    reached: dict[int, PrivacyEvent | None] = {}
+    for row in rows:
+        if row.kind == "outcome" and row.refers_to is not None:
+            reached[row.refers_to] = row.reached
+    reached.update(outcome or {})
+    events: list[PrivacyEvent] = []
+    for row in rows:
+        if row.kind != "release":
+            continue
+        event = reached.get(row.seq, row.event)
+        if event is not None:
+            events.append(event)
+    return tuple(events)
+
+
+def _outcome_target(rows: list[LedgerEntry], seq: int) -> LedgerEntry:
+    """The release an outcome row may refer to: an earlier release with no outcome yet."""
+    target = next((r for r in rows if r.seq == seq), None)
+    if target is None or target.kind != "release":
+        raise check.fail("seq", "the number of a release row", seq)
+    if any(r.kind == "outcome" and r.refers_to == seq for r in rows):
+        raise check.fail("seq", "a release without an outcome (one outcome per release)", seq)
+    return target
+
+
+def _check_same_release(planned: PrivacyEvent, reached: PrivacyEvent) -> None:
+    same = (
+        type(planned) is type(reached)
+        and planned.unit == reached.unit
+        and planned.sample_rate == reached.sample_rate
+        and planned.steps == reached.steps
+    )
+    if not same:
+        raise check.fail(
+            "reached",
+            f"the planned release's mechanism, unit, sampling rate and steps ({planned})",
+            reached,
+        )
+
+
+def _params_json(event: PrivacyEvent) -> str | None:
+    params = event.params()
+    return canonical_json(params) if params else None
 
 
 def _num(value: float | None) -> float:
@@ -736,7 +929,7 @@ def _read_rows(db: sqlite3.Connection, file: Path) -> list[LedgerEntry]:
     rows = []
     for values in raw:
         data = dict(zip((*_COLUMNS, "sent_at"), values, strict=True))
-        if data["kind"] not in ("budget", "release"):
+        if data["kind"] not in ("budget", "release", "outcome"):
             raise LedgerCorruptError(
                 f"{file}: row {data['seq']}: unknown kind {data['kind']!r}.", row=data["seq"]
             )
@@ -828,19 +1021,23 @@ def _verify(db: sqlite3.Connection, file: Path) -> VerifyReport:
     rows = _read_rows(db, file)
     _check_chain(file, rows, meta)
     budget: Budget | None = None
-    events: list[PrivacyEvent] = []
     name: AccountantName = "rdp"
-    for row in rows:
+    for i, row in enumerate(rows):
         try:
             if row.kind == "budget":
                 budget = row.budget
                 continue
-            event = row.event
+            if row.kind == "release":
+                compose([row.event, row.collusion_event])
+            else:
+                target = _outcome_target(rows[:i], int(row.refers_to or 0))
+                if row.reached is not None:
+                    _check_same_release(target.event, row.reached)
             name = accountant_name(row.accountant)
+            events = _events(rows[: i + 1])
         except PrivacyConfigError as exc:
             raise _corrupt(file, row.seq, f"invalid values ({exc})") from exc
         assert budget is not None  # row 1 is a budget row (checked above)
-        events.append(event)
         if row.delta != budget.delta:
             raise _corrupt(file, row.seq, f"delta {row.delta} is not the budget's {budget.delta}")
         stored = _num(row.epsilon_after)
@@ -867,7 +1064,7 @@ def _verify(db: sqlite3.Connection, file: Path) -> VerifyReport:
         head_hash=rows[-1].hash,
         budget=budget,
         accountant=name,
-        epsilon_spent=epsilon_after(events, budget.delta, name),
+        epsilon_spent=epsilon_after(_events(rows), budget.delta, name),
     )
 
 

@@ -99,15 +99,14 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
 from medsilo.privacy import _validate as check
-from medsilo.privacy.accounting import RDP_ORDERS, epsilon_from_rdp, rdp_curve
-from medsilo.privacy.errors import PrivacyConfigError
-from medsilo.privacy.events import EVENT_TYPES, NonPrivateEvent, PrivacyEvent, Unit
+from medsilo.privacy.accounting import epsilon_after
+from medsilo.privacy.events import PrivacyEvent, SkellamEvent, Unit
 from medsilo.privacy.rotation import HadamardRotation, padded_dim
 
 __all__ = [
@@ -494,81 +493,6 @@ def wrap_probability(plan: SkellamPlan, max_rows: int, survivors: int | None = N
 # --------------------------------------------------------------------------- accounting
 
 
-@dataclass(frozen=True, slots=True)
-class SkellamEvent:
-    """``steps`` releases of a sum carrying ``Sk(mu)`` noise (integer units), each
-    contribution bounded by ``l2_sensitivity`` / ``l1_sensitivity`` after rounding, each
-    unit taking part with probability ``sample_rate`` (Poisson sampling; 1 = always).
-
-    The same five columns as :mod:`medsilo.privacy.events` (``mechanism``, ``unit``,
-    ``sample_rate``, ``noise_multiplier`` = sqrt(mu) / Delta_2, ``steps``), plus the three
-    numbers the Skellam bound needs.
-
-    ``sample_rate < 1`` claims amplification by subsampling, which holds only if the
-    adversary does not learn who was sampled: right for records a site samples itself
-    (DP-SGD), wrong for sites that the coordinator picks (site-level DP against the
-    coordinator: use ``sample_rate=1``).
-
-    >>> event = SkellamEvent(mu=400.0, l2_sensitivity=2.0, l1_sensitivity=4.0)
-    >>> event.mechanism, event.noise_multiplier
-    ('skellam', 10.0)
-    """
-
-    mu: float
-    l2_sensitivity: float
-    l1_sensitivity: float
-    sample_rate: float = 1.0
-    steps: int = 1
-    unit: Unit = "record"
-
-    mechanism: ClassVar[Literal["skellam"]] = "skellam"
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "mu", check.positive("mu", self.mu, "A release without noise is non-private."))
-        set_(self, "l2_sensitivity", check.positive("l2_sensitivity", self.l2_sensitivity))
-        l1 = check.positive("l1_sensitivity", self.l1_sensitivity)
-        if l1 < self.l2_sensitivity:
-            raise check.fail(
-                "l1_sensitivity",
-                f">= l2_sensitivity = {self.l2_sensitivity} (||v||_1 >= ||v||_2)",
-                l1,
-            )
-        set_(self, "l1_sensitivity", l1)
-        set_(self, "sample_rate", check.sample_rate("sample_rate", self.sample_rate))
-        set_(self, "steps", check.count("steps", self.steps))
-        if self.unit not in ("record", "site"):
-            raise check.fail("unit", "'record' or 'site'", self.unit)
-
-    @property
-    def noise_multiplier(self) -> float:
-        """sqrt(mu) / Delta_2: the Gaussian noise multiplier with the same variance."""
-        return math.sqrt(self.mu) / self.l2_sensitivity
-
-    def rdp(self, orders: Sequence[float] | FloatArray = RDP_ORDERS) -> FloatArray:
-        """RDP of all ``steps`` releases at ``orders`` (:func:`skellam_rdp` x steps)."""
-        one = skellam_rdp(
-            orders,
-            mu=self.mu,
-            l2_sensitivity=self.l2_sensitivity,
-            l1_sensitivity=self.l1_sensitivity,
-            sample_rate=self.sample_rate,
-        )
-        return self.steps * one
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mechanism": self.mechanism,
-            "unit": self.unit,
-            "sample_rate": self.sample_rate,
-            "noise_multiplier": self.noise_multiplier,
-            "steps": self.steps,
-            "mu": self.mu,
-            "l2_sensitivity": self.l2_sensitivity,
-            "l1_sensitivity": self.l1_sensitivity,
-        }
-
-
 def skellam_rdp(
     orders: Sequence[float] | FloatArray,
     *,
@@ -658,50 +582,19 @@ def _poisson_subsampled(
 
 
 def skellam_epsilon(
-    events: Iterable[SkellamEvent | PrivacyEvent], delta: float, conversion: Conversion = "balle"
+    events: Iterable[PrivacyEvent], delta: float, conversion: Conversion = "balle"
 ) -> float:
-    """Epsilon at ``delta`` after all ``events``: Skellam releases, composed (RDP adds up)
-    with any :mod:`medsilo.privacy.events` event of the same unit of privacy, on
-    dp-accounting's orders. ``"balle"`` is the accountant ``"rdp"``'s conversion,
-    ``"classic"`` that of ``"rdp_classic"``.
+    """Epsilon at ``delta`` after all ``events`` (Skellam releases and any other event of
+    the same unit of privacy): :func:`medsilo.privacy.accounting.epsilon_after` with the
+    accountant ``"rdp"`` (``"balle"``) or ``"rdp_classic"`` (``"classic"``).
 
     >>> release = SkellamEvent(mu=1e6, l2_sensitivity=1000.0, l1_sensitivity=1000.0 ** 2)
     >>> round(skellam_epsilon([release], 1e-5), 3)  # Gaussian sigma = 1 ("rdp"): 4.729
     4.753
     """
-    delta = check.probability_open("delta", delta)
-    skellam: list[SkellamEvent] = []
-    others: list[PrivacyEvent] = []
-    for i, event in enumerate(events):
-        if isinstance(event, SkellamEvent):
-            skellam.append(event)
-        elif isinstance(event, EVENT_TYPES):
-            others.append(event)
-        else:
-            raise check.fail(f"events[{i}]", "a SkellamEvent or a privacy event", event)
-    units = {e.unit for e in skellam} | {
-        e.unit for e in others if not isinstance(e, NonPrivateEvent)
-    }
-    if len(units) > 1:
-        raise PrivacyConfigError(
-            f"events must all protect the same unit of privacy; got {sorted(units)}. "
-            "Account record-level and site-level releases separately."
-        )
-    if any(isinstance(e, NonPrivateEvent) for e in others):
-        return math.inf
-    if not skellam and not others:
-        return 0.0
-    orders = np.array(RDP_ORDERS, dtype=np.float64)
-    total = rdp_curve(others)[1] if others else np.zeros_like(orders)
-    merged: dict[tuple[float, float, float, float], int] = {}
-    for e in skellam:
-        key = (e.mu, e.l2_sensitivity, e.l1_sensitivity, e.sample_rate)
-        merged[key] = merged.get(key, 0) + e.steps
-    for (mu, l2, l1, q), steps in merged.items():
-        total = total + steps * skellam_rdp(
-            orders, mu=mu, l2_sensitivity=l2, l1_sensitivity=l1, sample_rate=q
-        )
-    return epsilon_from_rdp(orders, total, delta, conversion)
+    if conversion not in ("balle", "classic"):
+        raise check.fail("conversion", "'balle' or 'classic'", conversion)
+    return epsilon_after(events, delta, "rdp" if conversion == "balle" else "rdp_classic")
 
 
 # --------------------------------------------------------------------------- dropouts
