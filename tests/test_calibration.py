@@ -184,7 +184,17 @@ def test_spec_site_level_is_dp_fedavg() -> None:
 @pytest.mark.parametrize(
     ("data", "field", "phrase"),
     [
-        ({"mode": "distributed", "clip": 1.0}, "(section)", "needs secure aggregation"),
+        (
+            {
+                "mode": "distributed",
+                "clip": 1.0,
+                "delta": 1e-5,
+                "noise_multiplier": 1.0,
+                "unit": "site",
+            },
+            "(section)",
+            "needs mode = 'central'",
+        ),
         ({"mode": "local", "clip": 0.0}, "clip", "greater than 0 (got 0.0)"),
         ({"mode": "local", "clip": -2}, "clip", "greater than 0 (got -2)"),
         ({"mode": "local", "delta": 1.5}, "delta", "less than 1 (got 1.5)"),

@@ -83,7 +83,10 @@ def print_result(result: RunResult, as_json: bool) -> None:
     privacy = privacy_table(RunDirectory.open(result.run_dir))
     if not privacy.empty:
         ptable = Table(title="Privacy spent per site (from each site's ledger)")
-        for column in ("site", "mode", "sigma", "epsilon spent", "budget", "refusals", "ledger"):
+        collusion = "epsilon_collusion" in privacy
+        columns = ["site", "mode", "sigma", "epsilon spent"]
+        columns += ["if all others collude"] if collusion else []
+        for column in (*columns, "budget", "refusals", "ledger"):
             ptable.add_column(column)
         for _, row in privacy.iterrows():
             ptable.add_row(
@@ -91,6 +94,7 @@ def print_result(result: RunResult, as_json: bool) -> None:
                 f"{row['mode']} ({row['unit']})",
                 f"{row['noise_multiplier']:.3f}",
                 f"{row.get('epsilon_spent', float('nan')):.3f}",
+                *([f"{row.get('epsilon_collusion', float('nan')):.3f}"] if collusion else []),
                 f"{row.get('budget_epsilon', float('nan')):g}",
                 str(row["refusals"]),
                 str(row["ledger"]),

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from medsilo.fed import sparse
-from medsilo.fed.dp import CentralDp, dp_fedavg_pseudo_gradient
+from medsilo.fed.dp import CentralDp, DistributedSum, dp_fedavg_pseudo_gradient
 from medsilo.fed.lottery import LotteryServer, LotterySpec, prunable_keys
 from medsilo.fed.messages import (
     EvaluateRequest,
@@ -31,9 +31,11 @@ from medsilo.fed.secure import (
     decode_mean,
     round_quantizer,
     session_config,
+    unflatten,
 )
 from medsilo.fed.strategies import ServerState, StrategySpec, pseudo_gradient, server_step
 from medsilo.privacy.dpsgd import secret_seed
+from medsilo.privacy.skellam import decode_sum
 from medsilo.secagg.errors import AbortError
 from medsilo.secagg.messages import MaskedInput, ToCoordinator, ToSite
 from medsilo.secagg.server import CoordinatorState, Finished, coordinator_step, start
@@ -70,6 +72,8 @@ class Coordinator:
                 "central DP clips each site's update at the coordinator, which "
                 "secure aggregation hides: use privacy.mode = 'local'"
             )
+        self.distributed: DistributedSum | None = None
+        """Distributed DP (:mod:`medsilo.fed.dp`): set with the sites' privacy."""
         self.verify_keys: dict[str, bytes] = {}
         """Each site's registered Ed25519 verify key (site authentication)."""
         self._round_secagg: SecAggRound | None = None
@@ -108,10 +112,13 @@ class Coordinator:
         selected = self.select(round_)
         self._round_secagg, self._session, self.secagg_log = None, None, {}
         if self.secagg is not None:
+            distributed = self.distributed
             self._round_secagg = SecAggRound(
                 round_quantizer(self.secagg, len(selected)),
                 tuple(sorted(self.weights)),
                 tuple(sorted(prunable_keys(self.weights))) if self.lottery is not None else (),
+                skellam=distributed.skellam if distributed is not None else None,
+                rotation_seed=int(np.random.default_rng([self.seed, 9, round_]).integers(2**62)),
             )
         if self.lottery is not None and self.secagg is None:
             plans = {
@@ -147,12 +154,17 @@ class Coordinator:
         assert self.secagg is not None and self._round_secagg is not None
         self.secagg_log = {"participants": list(participants), "bits": self.secagg.bits}
         self._masked_bytes = 0
-        if len(participants) < 2:
-            self.secagg_log["aborted"] = "fewer than 2 sites sent a masked update"
+        needed = 2
+        if self.distributed is not None:  # never unmask a sum with fewer noise shares
+            needed = max(needed, self.distributed.skellam.min_survivors)
+        if len(participants) < needed:
+            self.secagg_log["aborted"] = (
+                f"{len(participants)} sites sent a masked update; the session needs {needed}"
+            )
             return {}
         rng = np.random.default_rng([self.seed, 8, self.rounds_done + 1])  # public graph
         dim = self._round_secagg.dim(self.weights)
-        config = session_config(self.secagg, participants, dim, rng)
+        config = session_config(self.secagg, participants, dim, rng, min_threshold=needed)
         self.secagg_log.update(threshold=config.threshold, degree=config.graph.degree)
         self._session, setup = start(config, {s: self.verify_keys[s] for s in participants})
         return dict(setup)
@@ -199,7 +211,10 @@ class Coordinator:
             if not isinstance(self._session, Finished) or self._round_secagg is None:
                 return False  # the session aborted: nothing was revealed, nothing applied
             total, survivors = self._session.total, len(self._session.survivors)
-            delta = decode_mean(self._round_secagg, total, survivors, self.weights)
+            if self.distributed is not None:
+                delta = self._distributed_step(self._round_secagg, total, self.distributed)
+            else:
+                delta = decode_mean(self._round_secagg, total, survivors, self.weights)
         elif self.central_dp is not None:
             delta = dp_fedavg_pseudo_gradient(self.weights, updates, self.central_dp, round_)
         else:
@@ -208,6 +223,18 @@ class Coordinator:
             self.strategy, self.weights, delta, self.server_state
         )
         return True
+
+    def _distributed_step(
+        self, round_secagg: SecAggRound, total: np.ndarray, dp: DistributedSum
+    ) -> dict[str, np.ndarray]:
+        """Distributed DP: the unmasked sum is sum_i (sum of clipped per-record gradients
+        + noise share); divided by the expected batch it is the DP-SGD gradient of the
+        whole federation, and ``-lr`` times it is the pseudo-gradient the strategy applies
+        (FedAvgM's server momentum gives Dopamine's SGD with momentum)."""
+        assert round_secagg.skellam is not None
+        noisy = decode_sum(round_secagg.skellam, total, rotation_seed=round_secagg.rotation_seed)
+        gradient = unflatten(noisy / dp.expected_batch, self.weights, round_secagg.keys)
+        return {k: -self.train_config.lr * g for k, g in gradient.items()}
 
     def _aggregate_lottery(self, updates: Sequence[Update], lottery: LotteryServer) -> bool:
         """Masked mean over the sites that kept each coordinate, then server momentum."""

@@ -12,6 +12,16 @@ each site's whole update to L2 norm S, sums, adds N(0, z^2 S^2 I) and divides by
 sum by at most S). Accounted as a subsampled Gaussian with q = fraction of sites per round
 and one step per round. Sites' updates are not private against the coordinator.
 
+``distributed`` (record-level; Dopamine, Malekzadeh et al., PPAI-21): each round is one
+DP-SGD step of the whole federation. Every site Poisson-samples its records, clips each
+record's gradient, and sends the sum plus a Skellam *share* of the noise
+(:mod:`medsilo.privacy.skellam`) through secure aggregation; the coordinator only ever sees
+the sum, whose noise is the sum of the shares that reached it (at least the planned minimum
+t, or the session aborts), divides it by the expected batch of the whole federation and
+takes a server step. Each site records two views of every release in its ledger: against
+the coordinator (the sum's noise) and against the coordinator colluding with every other
+site (its own share only).
+
 Randomness that privacy depends on (Poisson sampling of records, noise, site selection in
 central mode) is drawn from secrets that only its owner holds (:func:`secret_stream`),
 never from the study seed, which every party knows: amplification by subsampling assumes
@@ -27,8 +37,9 @@ import numpy as np
 
 from medsilo.fed.messages import Update, Weights
 from medsilo.privacy.dpsgd import secret_seed
-from medsilo.privacy.events import DpFedAvgEvent, DpSgdEvent
+from medsilo.privacy.events import DpFedAvgEvent, DpSgdEvent, SkellamEvent
 from medsilo.privacy.ledger import Ledger
+from medsilo.privacy.skellam import SkellamPlan
 
 
 @dataclass
@@ -59,7 +70,45 @@ class CentralDpSite:
         return DpFedAvgEvent(self.sample_rate, self.noise_multiplier, 1)
 
 
-SiteDp = LocalDp | CentralDpSite
+@dataclass
+class DistributedDp:
+    """A site's part of ``distributed`` mode: its sampling rate, the study's Skellam plan
+    (which the site checks against every round plan), its secret and its ledger."""
+
+    sample_rate: float
+    skellam: SkellamPlan
+    secret: bytes
+    ledger: Ledger
+
+    @property
+    def clip(self) -> float:
+        """C: the L2 clip of each record's gradient."""
+        return self.skellam.clip
+
+    def event(self, shares: int | None = None) -> SkellamEvent:
+        """One step as the coordinator sees it: ``shares`` noise shares in the sum
+        (default: the planned minimum t, the fewest the session releases a sum with)."""
+        plan = self.skellam
+        count = plan.min_survivors if shares is None else shares
+        return SkellamEvent(
+            count * plan.mu_share, plan.l2_sensitivity, plan.l1_sensitivity, self.sample_rate
+        )
+
+    def collusion_event(self) -> SkellamEvent:
+        """One step against the coordinator and every other site: this site's share."""
+        return self.event(1)
+
+
+SiteDp = LocalDp | CentralDpSite | DistributedDp
+
+
+@dataclass(frozen=True)
+class DistributedSum:
+    """The coordinator's part of ``distributed`` mode: the Skellam plan and the
+    federation's expected batch sum_i q_i n_i, the fixed denominator of each step."""
+
+    skellam: SkellamPlan
+    expected_batch: float
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ five stages the engine carries. The coordinator sees key advertisements, encrypt
 *masked* vectors (uniform in Z_(2^bits)), signatures and unmasking shares, and learns only
 the sum of the survivors' vectors; it divides by the number of survivors.
 
+With ``privacy.mode = "distributed"`` the vector a site encodes is not its clipped delta
+but its sum of clipped per-record gradients plus a Skellam noise share
+(:mod:`medsilo.fed.dp`), encoded by the study's :class:`~medsilo.privacy.skellam.SkellamPlan`
+(carried in :attr:`SecAggRound.skellam`); the session's threshold is then at least the
+plan's minimum number of shares t, so no sum with less noise is ever unmasked.
+
 Aggregation is therefore the *unweighted* mean of the sites' clipped deltas (sample-
 weighted FedAvg would need every site's count, and bounded-sensitivity DP needs uniform
 weights, as in Dopamine and DP-FedAvg). Strategies that need individual updates (central
@@ -24,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from medsilo.fed.messages import Weights
+from medsilo.privacy.skellam import SkellamPlan
 from medsilo.secagg.config import SessionConfig
 from medsilo.secagg.graph import complete_graph, harary_graph, plan_graph
 from medsilo.secagg.quantize import Quantizer, choose_scale
@@ -56,9 +63,15 @@ class SecAggRound:
     """FedLTN (:mod:`medsilo.fed.lottery`): after the deltas each site appends ``clip``
     times its 0/1 mask of these tensors, so the sum also says how many sites kept each
     coordinate (the common support is the whole model; see ``docs/personalization.md``)."""
+    skellam: SkellamPlan | None = None
+    """Distributed DP: the plan each site encodes its gradient sum and noise share with."""
+    rotation_seed: int = 0
+    """Distributed DP: the round's public seed of the randomized Hadamard rotation."""
 
     def dim(self, template: Weights) -> int:
         """Length of the vector each site encodes."""
+        if self.skellam is not None:
+            return self.skellam.rounding_dim
         return sum(int(np.size(template[k])) for k in (*self.keys, *self.mask_keys))
 
 
@@ -76,6 +89,21 @@ def unflatten(vector: np.ndarray, template: Weights, keys: Sequence[str]) -> dic
     return out
 
 
+def min_survivors(spec: SecAggSpec, sites: int) -> int:
+    """The fewest sites whose inputs a session among ``sites`` may sum: its threshold t
+    on the complete graph (distributed DP plans its noise shares for t). SecAgg+'s sparse
+    graphs have per-neighbourhood thresholds that bound no global count: refused."""
+    n = max(2, sites)
+    plan = plan_graph(n, spec.dropout_rate, full_graph_max=spec.full_graph_max)
+    if plan.degree != n - 1:
+        raise ValueError(
+            f"distributed DP needs the complete secure-aggregation graph, whose threshold "
+            f"bounds how many noise shares reach the sum; {sites} sites exceed "
+            f"secure_aggregation.full_graph_max = {spec.full_graph_max} (raise it)"
+        )
+    return plan.threshold
+
+
 def round_quantizer(spec: SecAggSpec, sites: int) -> Quantizer:
     """Encoding with headroom for ``sites`` summands (the sites asked to train)."""
     n = max(2, sites)
@@ -83,10 +111,15 @@ def round_quantizer(spec: SecAggSpec, sites: int) -> Quantizer:
 
 
 def session_config(
-    spec: SecAggSpec, participants: Sequence[str], dim: int, rng: np.random.Generator
+    spec: SecAggSpec,
+    participants: Sequence[str],
+    dim: int,
+    rng: np.random.Generator,
+    min_threshold: int = 2,
 ) -> SessionConfig:
     """A session among ``participants``: a fresh random id, and the graph and threshold t
-    from :func:`~medsilo.secagg.graph.plan_graph` (complete up to ``full_graph_max``)."""
+    from :func:`~medsilo.secagg.graph.plan_graph` (complete up to ``full_graph_max``),
+    raised to ``min_threshold`` (distributed DP's minimum number of noise shares)."""
     n = len(participants)
     plan = plan_graph(n, spec.dropout_rate, full_graph_max=spec.full_graph_max)
     graph = (
@@ -94,7 +127,8 @@ def session_config(
         if plan.degree == n - 1
         else harary_graph(participants, plan.degree, rng)
     )
-    return SessionConfig(os.urandom(16), graph, plan.threshold, spec.bits, dim)
+    threshold = max(plan.threshold, min_threshold)
+    return SessionConfig(os.urandom(16), graph, threshold, spec.bits, dim)
 
 
 def decode_mean(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medsilo.data.types import SiteData
-from medsilo.fed.dp import LocalDp, SiteDp
+from medsilo.fed.dp import DistributedDp, LocalDp, SiteDp
 from medsilo.fed.lottery import LotteryClient, secure_input
 from medsilo.fed.messages import (
     EvaluateRequest,
@@ -31,15 +31,17 @@ from medsilo.fed.secure import SecAggRound, flatten
 from medsilo.fed.training import (
     evaluate,
     get_weights,
+    per_sample_gradients,
     predict_proba,
     set_weights,
     train_local,
 )
 from medsilo.privacy.dpsgd import secret_seed, train_dpsgd
 from medsilo.privacy.ledger import Release
+from medsilo.privacy.skellam import encode_contributions
 from medsilo.secagg import crypto
-from medsilo.secagg.client import SiteInit, SiteState, site_step
-from medsilo.secagg.messages import ToCoordinator, ToSite
+from medsilo.secagg.client import SiteInit, SiteSigned, SiteState, site_step
+from medsilo.secagg.messages import Setup, ToCoordinator, ToSite
 
 
 def derive_seed(*parts: int) -> int:
@@ -72,6 +74,8 @@ class Site:
         self.signing_key, self.verify_key = crypto.ed25519_keypair()
         self.verify_keys: dict[str, bytes] = {}
         self._secagg: SiteState | None = None
+        self._pending_release: int | None = None
+        """Distributed DP: the ledger row of this round's release, awaiting its outcome."""
         self._tensors = {
             split: (
                 torch.from_numpy(getattr(data, f"x_{split}")),
@@ -106,6 +110,8 @@ class Site:
                         f"{check.epsilon_after:.4g}, over the site's budget {budget}"
                     ),
                 )
+        if isinstance(self.dp, DistributedDp):
+            return self._distributed_round(plan, self.dp)
         if self.lottery is not None:
             return self._lottery_round(plan, self.lottery)
         self._load_global(plan.weights)
@@ -172,6 +178,51 @@ class Site:
             metrics=metrics,
             masked=masked,
         )
+
+    def _distributed_round(self, plan: RoundPlan, dp: DistributedDp) -> Update | Refusal:
+        """Distributed DP (:mod:`medsilo.fed.dp`): one DP-SGD step of the federation. The
+        site Poisson-samples its records with its secret, computes each sampled record's
+        gradient at the global weights, and encodes their clipped sum plus its Skellam
+        share (also with no record sampled: the share is never skipped). The release is
+        recorded, planned for t shares, before the masked vector can leave."""
+        secure = plan.secagg
+        if not isinstance(secure, SecAggRound) or secure.skellam != dp.skellam:
+            return Refusal(
+                self.name,
+                plan.round,
+                "distributed DP: the round plan does not carry this site's agreed noise "
+                "plan (secure aggregation with the study's Skellam plan); nothing was sent",
+            )
+        self._load_global(plan.weights)
+        x, y = self._tensors["train"]
+        sampler = np.random.default_rng(secret_seed(dp.secret, plan.round, 1))
+        chosen = np.flatnonzero(sampler.random(len(y)) < dp.sample_rate)
+        index = torch.from_numpy(chosen)
+        rows = per_sample_gradients(self.model, x[index], y[index], secure.keys)
+        encoded = encode_contributions(
+            dp.skellam,
+            rows,
+            rng=np.random.default_rng(secret_seed(dp.secret, plan.round, 2)),
+            rotation_seed=secure.rotation_seed,
+        )
+        self._secagg = SiteInit(
+            self.name, self.signing_key, self.verify_keys, secure.quantizer.bits, encoded
+        )
+        entry = dp.ledger.record(
+            Release.of_arrays(
+                round=plan.round,
+                event=dp.event(),
+                clip=dp.clip,
+                arrays={"encoded": encoded},
+                collusion_event=dp.collusion_event(),
+            )
+        )
+        self._pending_release = entry.seq
+        metrics = {
+            "epsilon": float(entry.epsilon_after or 0.0),
+            "epsilon_collusion": dp.ledger.epsilon_spent(view="collusion"),
+        }
+        return Update(self.name, plan.round, {}, self.data.num_train, metrics, masked=True)
 
     def _train_lottery(
         self, round_: int, config: TrainConfig, model: nn.Module
@@ -298,6 +349,11 @@ class Site:
         global model (with this site's local layers or FedLTN mask) on the training
         split, then evaluate it. With ``local`` DP the steps are DP-SGD and recorded in
         this site's ledger; ``round_`` is the ledger round they are recorded under."""
+        if isinstance(self.dp, DistributedDp):
+            raise ValueError(
+                "fine-tuning with distributed DP is not available: a site's own DP-SGD "
+                "steps would need the full noise (mode 'local'), not a share"
+            )
         if self.dp is not None and not isinstance(self.dp, LocalDp):
             raise ValueError(
                 "fine-tuning with site-level (central) DP is not available: DP-SGD steps "
@@ -337,7 +393,27 @@ class Site:
         """One stage of this round's secure-aggregation session."""
         if self._secagg is None:
             raise RuntimeError(f"site {self.name!r}: no secure-aggregation input this round")
+        dp = self.dp if isinstance(self.dp, DistributedDp) else None
+        if dp is not None and isinstance(message, Setup):
+            needed = dp.skellam.min_survivors
+            if message.config.threshold < needed:
+                raise ValueError(
+                    f"site {self.name!r}: the session's threshold "
+                    f"{message.config.threshold} is below the {needed} noise shares this "
+                    "site's distributed-DP plan counts on; it will not take part"
+                )
+        before = self._secagg
         self._secagg, reply = site_step(self._secagg, message)
+        if dp is not None and isinstance(before, SiteSigned) and self._pending_release:
+            # Unmasking now releases the sum of the signed survivors' inputs: exactly
+            # that many noise shares reached it (at least t, or the session aborts).
+            reached = dp.event(len(before.survivors))
+            dp.ledger.record_outcome(
+                self._pending_release,
+                reached,
+                note=f"{len(before.survivors)} noise shares reached the sum",
+            )
+            self._pending_release = None
         return reply
 
     def on_evaluate(self, request: EvaluateRequest) -> Evaluation:

@@ -87,3 +87,43 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     return classification_metrics(y.numpy(), predict_proba(model, x))
+
+
+def per_sample_gradients(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, keys: tuple[str, ...], chunk: int = 64
+) -> np.ndarray:
+    """One row per record: the gradient of its cross-entropy loss with respect to the
+    weights ``keys`` (``state_dict`` names), flattened and concatenated in that order; a
+    weight that is not a trainable parameter (a buffer) gets zeros.
+
+    The rows DP-SGD clips one by one (Abadi et al., CCS 2016, Alg. 1), computed with
+    ``torch.func`` (``vmap`` of ``grad`` over the batch, ``chunk`` records at a time).
+    """
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    dim = sum(int(np.prod(shapes[k])) for k in keys)
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    per_record = vmap(grad(loss), in_dims=(None, 0, 0))
+    rows = np.zeros((len(y), dim), dtype=np.float64)
+    was_training = model.training
+    model.train()
+    try:
+        for start in range(0, len(y), chunk):
+            grads = per_record(params, x[start : start + chunk], y[start : start + chunk])
+            offset = 0
+            for key in keys:
+                size = int(np.prod(shapes[key]))
+                if key in grads:
+                    block = grads[key].reshape(grads[key].shape[0], -1)
+                    rows[start : start + chunk, offset : offset + size] = block.numpy()
+                offset += size
+    finally:
+        model.train(was_training)
+    return rows

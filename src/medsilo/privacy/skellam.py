@@ -112,6 +112,7 @@ from medsilo.privacy.rotation import HadamardRotation, padded_dim
 __all__ = [
     "DEFAULT_BETA",
     "MAX_BITS",
+    "MAX_MU_SHARE",
     "MIN_BITS",
     "Conversion",
     "ReleaseAccount",
@@ -145,6 +146,11 @@ beta (KLS21, Prop. 22); the AKL21 and KLS21 experiments use ``e^-0.5``."""
 MIN_BITS = 2
 MAX_BITS = 53
 """As :class:`medsilo.secagg.field.Ring`: every ring element is an exact float64."""
+
+MAX_MU_SHARE = 2.0**50
+"""Largest share variance a plan uses: numpy's Poisson sampler draws in float64, so
+``Poisson(mu/2)`` stays exact integer arithmetic only well below 2^53. Finer scales
+than this buys nothing (the rounding inflation is already negligible)."""
 
 _ROWS_PER_CHUNK = 64
 _MAX_ORDER = 1024
@@ -786,7 +792,7 @@ def plan_skellam(
     n_sites: int,
     min_survivors: int,
     max_rows: int,
-    target_epsilon: float,
+    target_epsilon: float | None = None,
     delta: float,
     sample_rate: float = 1.0,
     steps: int = 1,
@@ -794,10 +800,15 @@ def plan_skellam(
     rotate: bool = True,
     max_wrap_probability: float = 1e-9,
     rtol: float = 1e-3,
+    noise_multiplier: float | None = None,
 ) -> SkellamPlanning:
     """The largest power-of-two scale (finest granularity) whose calibrated plan keeps
     :func:`wrap_probability` at most ``max_wrap_probability`` with all ``n_sites`` shares
     and ``max_rows`` contributions; ``mu_share = mu_total / min_survivors``.
+
+    ``mu_total`` is calibrated to ``target_epsilon`` over ``steps`` releases, or, given
+    ``noise_multiplier`` (sigma) instead, is the variance of the Gaussian it names:
+    ``mu_total = (sigma * Delta_2)^2`` (the calibration then reports its epsilon).
 
     A larger scale means relatively less rounding inflation of the sensitivity (the noise
     grows with the scale, so its real-valued size stays put) but more mass near the
@@ -815,30 +826,31 @@ def plan_skellam(
     headroom = 2 ** (bits - 1) - 1 - m
     if headroom <= 0:
         raise check.fail("bits", f"large enough that 2^(bits-1) > max_rows + 1 = {m + 1}", bits)
+    if (target_epsilon is None) == (noise_multiplier is None):
+        raise check.fail(
+            "target_epsilon", "given, or else noise_multiplier (exactly one)", target_epsilon
+        )
     exponent = math.floor(math.log2(headroom / (m * clip)))
     for _ in range(64):
         scale = 2.0**exponent
         draft = SkellamPlan(clip, dim, scale, bits, 1.0, min_survivors, n_sites, beta, rotate)
-        calibration = calibrate_mu(
-            target_epsilon=target_epsilon,
-            delta=delta,
-            l2_sensitivity=draft.l2_sensitivity,
-            l1_sensitivity=draft.l1_sensitivity,
-            sample_rate=sample_rate,
-            steps=steps,
-            rtol=rtol,
-        )
-        plan = SkellamPlan(
-            clip,
-            dim,
-            scale,
-            bits,
-            calibration.mu_total / min_survivors,
-            min_survivors,
-            n_sites,
-            beta,
-            rotate,
-        )
+        if noise_multiplier is not None:
+            calibration = _fixed_noise(draft, noise_multiplier, delta, sample_rate, steps)
+        else:
+            calibration = calibrate_mu(
+                target_epsilon=check.positive("target_epsilon", target_epsilon),
+                delta=delta,
+                l2_sensitivity=draft.l2_sensitivity,
+                l1_sensitivity=draft.l1_sensitivity,
+                sample_rate=sample_rate,
+                steps=steps,
+                rtol=rtol,
+            )
+        mu_share = calibration.mu_total / min_survivors
+        if mu_share > MAX_MU_SHARE:  # mu grows as scale^2: step down to below the cap
+            exponent -= max(1, math.ceil(0.5 * math.log2(mu_share / MAX_MU_SHARE)))
+            continue
+        plan = SkellamPlan(clip, dim, scale, bits, mu_share, min_survivors, n_sites, beta, rotate)
         wrap = wrap_probability(plan, m)
         if wrap <= limit:
             return SkellamPlanning(plan, calibration, wrap)
@@ -849,3 +861,15 @@ def plan_skellam(
         bits,
         "Raise bits, or lower max_rows or n_sites.",
     )
+
+
+def _fixed_noise(
+    draft: SkellamPlan, noise_multiplier: float, delta: float, sample_rate: float, steps: int
+) -> SkellamCalibration:
+    """The "calibration" of a given sigma: mu_total = (sigma * Delta_2)^2, and its epsilon."""
+    sigma = check.positive("noise_multiplier", noise_multiplier)
+    l2, l1 = draft.l2_sensitivity, draft.l1_sensitivity
+    mu = (sigma * l2) ** 2
+    event = SkellamEvent(mu, l2, l1, sample_rate, check.count("steps", steps))
+    epsilon = skellam_epsilon([event], delta)
+    return SkellamCalibration(mu, epsilon, epsilon, delta, l2, l1, sample_rate, steps, 1)

@@ -3,7 +3,7 @@
 ::
 
     [privacy]
-    mode = "local"          # "none" | "local" | "central"  ("distributed" needs secure aggregation)
+    mode = "local"          # "none" | "local" | "central" | "distributed" (with secure agg.)
     clip = 2.0              # per-record L2 clipping norm C (Opacus' max_grad_norm)
     target_epsilon = 8.0    # or: noise_multiplier = 1.1
     delta = 1e-5
@@ -14,8 +14,9 @@ Modes (docs/privacy.md): ``local``: each site runs DP-SGD and adds the full nois
 so its update is private even against the coordinator (Dopamine's "parallel DP").
 ``central``: a trusted coordinator adds the noise (record level: the sites send clipped
 sums; site level, ``unit = "site"``: DP-FedAvg over clipped site updates).
-``distributed``: each site adds a share of the noise, which only reaches full strength
-in the securely aggregated sum; it is rejected until secure aggregation is wired in.
+``distributed``: each site adds a Skellam share of the noise, which only reaches full
+strength in the securely aggregated sum (Dopamine; the study rejects it without
+``[secure_aggregation] enabled = true``); record level, one DP-SGD step per round.
 
 The site's own budget (epsilon, delta) is not here: each site sets it for itself in its
 ledger (:class:`medsilo.privacy.ledger.Budget`), and the study cannot raise it.
@@ -64,20 +65,13 @@ class DpSgdSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DpSgdSpec:
-        if self.mode == "distributed":
-            raise ValueError(
-                "mode 'distributed' needs secure aggregation: each site adds only a share "
-                "of the noise, which reaches full strength only in the securely aggregated "
-                "sum; it is not available yet. Use mode = 'local' (each site adds the full "
-                "noise) or 'central' (trusted coordinator)"
-            )
         noise_fields = ("clip", "noise_multiplier", "target_epsilon", "delta")
         if self.mode == "none":
             given = [f for f in noise_fields if getattr(self, f) is not None]
             if given:
                 raise ValueError(
                     f"{', '.join(given)} set but mode = 'none' (no differential privacy); "
-                    "set mode = 'local' or 'central', or remove them"
+                    "set mode = 'local', 'central' or 'distributed', or remove them"
                 )
             return self
         if self.clip is None:

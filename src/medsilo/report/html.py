@@ -76,6 +76,21 @@ def _privacy_section(run_dir: RunDirectory, history: pd.DataFrame) -> list[str]:
         "at the same epsilon.</p>",
         _table(table),
     ]
+    if meta["mode"] == "distributed":
+        skellam = meta.get("skellam", {})
+        out.insert(
+            2,
+            "<p>Distributed DP (Dopamine): each site added a Skellam noise share (variance "
+            f"{skellam.get('mu_share', float('nan')):.4g} in integer units, scale "
+            f"{skellam.get('scale', float('nan')):g}) to its clipped gradient sum, planned "
+            f"so that the {skellam.get('min_survivors', '?')} shares the session needs at "
+            "least carry the full noise; the coordinator saw only the sum. "
+            "<b>epsilon_spent</b> is against the coordinator (the noise that reached each "
+            "sum, from the ledger's outcome rows); <b>epsilon_collusion</b> is against the "
+            "coordinator colluding with every other site (the site's own share only). "
+            "Accountant: the Skellam RDP bound of Agarwal, Kairouz and Liu (NeurIPS 2021), "
+            "Poisson-subsampled (Zhu and Wang, ICML 2019).</p>",
+        )
     train = history[history["kind"] == "train"] if "kind" in history else history
     if "epsilon" in train and not train["epsilon"].isna().all():
         fig, ax = plt.subplots(figsize=(6, 3.4))

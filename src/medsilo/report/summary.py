@@ -74,7 +74,9 @@ def traffic_table(history: pd.DataFrame) -> pd.DataFrame:
 
 def privacy_table(run_dir: RunDirectory) -> pd.DataFrame:
     """Per site: mechanism, noise, epsilon spent (re-read from the site's own ledger, whose
-    hash chain is verified on opening), budget, remaining, releases and refusals."""
+    hash chain is verified on opening), budget, remaining, releases and refusals. With
+    distributed DP also ``epsilon_collusion``: against the coordinator colluding with every
+    other site, which leaves only the site's own noise share."""
     meta = run_dir.meta.get("privacy") or {"mode": "none"}
     if meta.get("mode", "none") == "none":
         return pd.DataFrame()
@@ -102,6 +104,11 @@ def privacy_table(run_dir: RunDirectory) -> pd.DataFrame:
                 row.update(
                     releases=len(ledger.releases()),
                     epsilon_spent=ledger.epsilon_spent(),
+                    **(
+                        {"epsilon_collusion": ledger.epsilon_spent(view="collusion")}
+                        if meta["mode"] == "distributed"
+                        else {}
+                    ),
                     budget_epsilon=ledger.budget.epsilon,
                     delta=ledger.budget.delta,
                     remaining=ledger.remaining(),

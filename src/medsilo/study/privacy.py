@@ -9,6 +9,10 @@ the site); ledgers and secrets are opened only once the run directory exists:
   every round is conservative when ``fraction < 1``.
 * ``central`` (``unit = "site"``): DP-FedAvg at the coordinator, q = fraction of sites, one
   step per round, sigma (z) given or calibrated for ``rounds`` steps.
+* ``distributed`` (needs secure aggregation): one DP-SGD step of the federation per round,
+  q = batch / n per site; one Skellam plan for the study (:func:`~medsilo.privacy.skellam.
+  plan_skellam`): the noise of the sum is calibrated (or set by sigma) for ``rounds``
+  steps at the largest site rate, and split into shares for the session's threshold t.
 
 Each site's budget comes from ``[budgets]`` (``default`` and per-site ``sites.NAME``); in a
 real deployment each site sets it itself. A site without one gets the study's planned
@@ -28,10 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from medsilo.data.types import FederatedData
 from medsilo.errors import ConfigError
 from medsilo.fed.baselines import BaselineDp
-from medsilo.fed.dp import CentralDp, CentralDpSite, LocalDp, SiteDp
+from medsilo.fed.dp import CentralDp, CentralDpSite, DistributedDp, DistributedSum, LocalDp, SiteDp
+from medsilo.fed.secure import SecAggSpec, min_survivors
 from medsilo.privacy.accounting import epsilon_after
+from medsilo.privacy.calibration import validate_delta
 from medsilo.privacy.dpsgd import steps_per_epoch, unsupported_layers
+from medsilo.privacy.errors import PrivacyConfigError
+from medsilo.privacy.events import PrivacyEvent, SkellamEvent
 from medsilo.privacy.ledger import Budget, Ledger
+from medsilo.privacy.skellam import SkellamPlan, plan_skellam
 from medsilo.privacy.spec import DpSgdSpec
 from medsilo.tasks.models import ModelSpec
 
@@ -66,6 +75,10 @@ class SitePlan:
     steps_per_round: int
     planned_epsilon: float
     budget: Budget
+    round_event: PrivacyEvent
+    """What one round releases (against the coordinator)."""
+    planned_epsilon_collusion: float | None = None
+    """Distributed DP: the planned epsilon against the coordinator and all other sites."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +88,20 @@ class PrivacyPlan:
     expected_sites: float = 0.0
     """q K for central mode's fixed denominator."""
     warnings: tuple[str, ...] = ()
+    skellam: SkellamPlan | None = None
+    """Distributed mode: the study's Skellam plan."""
+    expected_batch: float = 0.0
+    """Distributed mode: sum_i q_i n_i, each step's fixed denominator."""
+
+    def distributed_sum(self) -> DistributedSum | None:
+        """The coordinator's part of distributed mode (``None`` in other modes)."""
+        if self.skellam is None:
+            return None
+        return DistributedSum(self.skellam, self.expected_batch)
 
     def summary(self) -> dict[str, object]:
         """JSON-ready, for run.json and the report."""
-        return {
+        summary: dict[str, object] = {
             "mode": self.spec.mode,
             "unit": self.spec.unit,
             "clip": self.spec.clip,
@@ -92,10 +115,29 @@ class PrivacyPlan:
                     "planned_epsilon": p.planned_epsilon,
                     "budget_epsilon": p.budget.epsilon,
                     "budget_delta": p.budget.delta,
+                    **(
+                        {"planned_epsilon_collusion": p.planned_epsilon_collusion}
+                        if p.planned_epsilon_collusion is not None
+                        else {}
+                    ),
                 }
                 for name, p in self.sites.items()
             },
         }
+        if self.skellam is not None:
+            plan = self.skellam
+            summary["skellam"] = {
+                "mu_share": plan.mu_share,
+                "mu_total": plan.mu_total,
+                "min_survivors": plan.min_survivors,
+                "n_sites": plan.n_sites,
+                "scale": plan.scale,
+                "bits": plan.bits,
+                "l2_sensitivity": plan.l2_sensitivity,
+                "l1_sensitivity": plan.l1_sensitivity,
+                "expected_batch": self.expected_batch,
+            }
+        return summary
 
 
 def plan_privacy(
@@ -110,13 +152,20 @@ def plan_privacy(
     fraction: float,
     template: object,
     extra_epochs: int = 0,
+    secagg: SecAggSpec | None = None,
+    shared_dim: int = 0,
+    min_sites: int = 1,
+    lottery: bool = False,
 ) -> PrivacyPlan | None:
     """Validate and plan; raises ConfigError naming the field, site and value.
 
     ``extra_epochs``: DP-SGD epochs a site runs beyond the rounds (the final local
     fine-tuning, ``personalization.fine_tune_epochs``); in ``local`` mode the noise is
     calibrated, and epsilon planned, for ``rounds x steps_per_round + extra_epochs x
-    ceil(1/q)`` steps, so the fine-tune fits the planned budget."""
+    ceil(1/q)`` steps, so the fine-tune fits the planned budget.
+
+    ``distributed`` needs ``secagg`` enabled, the number of shared weights
+    ``shared_dim`` (the vector each site encodes) and the strategy's ``min_sites``."""
     if not spec.enabled:
         if budgets.default is not None or budgets.sites:
             raise ConfigError(
@@ -144,6 +193,21 @@ def plan_privacy(
         )
     warnings: list[str] = []
     plans: dict[str, SitePlan] = {}
+    if spec.mode == "distributed":
+        return _plan_distributed(
+            spec,
+            budgets,
+            data,
+            rounds=rounds,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            fraction=fraction,
+            extra_epochs=extra_epochs,
+            secagg=secagg,
+            shared_dim=shared_dim,
+            min_sites=min_sites,
+            lottery=lottery,
+        )
     if spec.mode == "central":
         k = len(data.sites)
         q = min(1.0, max(1, math.ceil(fraction * k)) / k)
@@ -161,6 +225,7 @@ def plan_privacy(
                 1,
                 planned,
                 _budget(budgets, site.name, planned, spec, warnings),
+                spec.event(sample_rate=q, noise_multiplier=sigma, steps=1),
             )
         return PrivacyPlan(spec, plans, q * k, tuple(warnings))
     for site in data.sites:
@@ -188,8 +253,98 @@ def plan_privacy(
             steps,
             planned,
             _budget(budgets, site.name, planned, spec, warnings),
+            spec.event(sample_rate=q, noise_multiplier=sigma, steps=steps),
         )
     return PrivacyPlan(spec, plans, 0.0, tuple(warnings))
+
+
+def _plan_distributed(
+    spec: DpSgdSpec,
+    budgets: BudgetsSection,
+    data: FederatedData,
+    *,
+    rounds: int,
+    local_epochs: int,
+    batch_size: int,
+    fraction: float,
+    extra_epochs: int,
+    secagg: SecAggSpec | None,
+    shared_dim: int,
+    min_sites: int,
+    lottery: bool,
+) -> PrivacyPlan:
+    """``distributed`` mode: validate the combination, then one Skellam plan for all."""
+    assert spec.delta is not None and spec.clip is not None
+    if secagg is None or not secagg.enabled:
+        raise ConfigError(
+            "privacy.mode: 'distributed' needs [secure_aggregation] enabled = true: each "
+            "site adds only a share of the noise, which reaches full strength only in the "
+            "securely aggregated sum (without it the coordinator would see each site's "
+            "barely noised update). Enable secure aggregation, or use mode 'local'"
+        )
+    if spec.accountant == "pld":
+        raise ConfigError(
+            "privacy.accountant: 'pld' cannot account the Skellam mechanism of mode "
+            "'distributed' (dp-accounting has no privacy loss distribution for it); use "
+            "'rdp' or 'rdp_classic'"
+        )
+    if lottery:
+        raise ConfigError(
+            "strategy.name: 'fedltn' is not available with privacy.mode 'distributed' "
+            "(pruning reads the site's data outside the accounted DP-SGD step)"
+        )
+    if local_epochs != 1 or extra_epochs:
+        raise ConfigError(
+            "train.local_epochs: mode 'distributed' runs one DP-SGD step of the whole "
+            "federation per round (Dopamine), so set local_epochs = 1 and "
+            f"personalization.fine_tune_epochs = 0 (got {local_epochs} and {extra_epochs})"
+        )
+    k = len(data.sites)
+    selected = min(k, max(min_sites, math.ceil(fraction * k)))
+    try:
+        t = min_survivors(secagg, selected)
+        rates = {
+            s.name: spec.sampling_rate(s.num_train, default_batch_size=batch_size)
+            for s in data.sites
+        }
+        for s in data.sites:  # delta must be well below 1/n at every site
+            validate_delta(spec.delta, dataset_size=s.num_train, site=s.name, unit="record")
+        planning = plan_skellam(
+            clip=spec.clip,
+            dim=shared_dim,
+            bits=secagg.bits,
+            n_sites=selected,
+            min_survivors=t,
+            max_rows=sum(s.num_train for s in data.sites),
+            target_epsilon=spec.target_epsilon,
+            noise_multiplier=spec.noise_multiplier,
+            delta=spec.delta,
+            sample_rate=max(rates.values()),
+            steps=rounds,
+        )
+    except (ValueError, PrivacyConfigError) as exc:
+        raise ConfigError(f"privacy (mode 'distributed'): {exc}") from None
+    plan = planning.plan
+    l2, l1 = plan.l2_sensitivity, plan.l1_sensitivity
+    plans: dict[str, SitePlan] = {}
+    warnings: list[str] = []
+    for site in data.sites:
+        q = rates[site.name]
+        full = SkellamEvent(plan.mu_total, l2, l1, q, rounds)
+        own = SkellamEvent(plan.mu_share, l2, l1, q, rounds)
+        planned = epsilon_after([full], spec.delta, spec.accountant)
+        plans[site.name] = SitePlan(
+            site.name,
+            q,
+            full.noise_multiplier,
+            1,
+            planned,
+            _budget(budgets, site.name, planned, spec, warnings),
+            SkellamEvent(plan.mu_total, l2, l1, q, 1),
+            epsilon_after([own], spec.delta, spec.accountant),
+        )
+    expected = sum(rates[s.name] * s.num_train for s in data.sites)
+    return PrivacyPlan(spec, plans, 0.0, tuple(warnings), plan, expected)
 
 
 def _budget(
@@ -241,11 +396,8 @@ def check_budgets(plan: PrivacyPlan | None, ledger_dir: Path | None) -> list[str
         path = ledger_dir / name
         if not (path / "ledger.sqlite").exists():
             continue
-        event = plan.spec.event(
-            sample_rate=p.sample_rate, noise_multiplier=p.noise_multiplier, steps=p.steps_per_round
-        )
         with Ledger.open(path, site=name) as ledger:
-            check = ledger.would_exceed(event)
+            check = ledger.would_exceed(p.round_event)
             if check.exceeds:
                 spent.append(
                     f"site '{name}' has spent {ledger.epsilon_spent():.4g} of its budget "
@@ -277,6 +429,9 @@ def open_site_privacy(
         )
         if spec.mode == "central":
             out[name] = CentralDpSite(p.sample_rate, p.noise_multiplier, spec.clip, ledger)
+        elif plan.skellam is not None:
+            secret = _secret(path / SECRET_FILE)
+            out[name] = DistributedDp(p.sample_rate, plan.skellam, secret, ledger)
         else:
             out[name] = LocalDp(
                 p.sample_rate,

@@ -149,6 +149,10 @@ def build_federation(config: StudyConfig) -> Federation:
         fraction=config.strategy.fraction,
         template=template,
         extra_epochs=config.personalization.fine_tune_epochs,
+        secagg=config.secure_aggregation,
+        shared_dim=sum(int(np.size(v)) for v in shared.values()),
+        min_sites=config.strategy.min_sites,
+        lottery=fedltn,
     )
     if privacy is not None:
         warnings = [*warnings, *privacy.warnings]
@@ -163,6 +167,7 @@ def attach_privacy(fed: Federation, run_dir: RunDirectory) -> None:
     for name, site in fed.sites.items():
         site.dp = site_dp[name]
     fed.coordinator.central_dp = central
+    fed.coordinator.distributed = fed.privacy.distributed_sum()
 
 
 def fingerprint(data: FederatedData) -> str:
