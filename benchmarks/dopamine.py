@@ -1,0 +1,259 @@
+"""Dopamine's five settings on RetinaMNIST (Malekzadeh et al., PPAI-21), as medsilo studies.
+
+The issue (secure aggregation + distributed DP): C (centralized), CDP (central DP-SGD), F
+(FedAvg), FPDP (each site adds the full noise: "parallel DP", medsilo's ``local`` mode)
+and Dopamine (distributed DP + secure aggregation, medsilo's ``distributed`` mode); K = 10
+sites, one step of the federation per round, Poisson sampling, C = 2, momentum 0.9;
+accuracy and quadratic weighted kappa vs epsilon at delta = 1e-4, mean of 5 seeds. Goal:
+the same ordering as the paper's: Dopamine within 1.5 points of CDP at equal epsilon and
+clearly above FPDP at equal epsilon.
+
+Data: the built-in ``retina`` (RetinaMNIST 28x28, 1,600 images, 5 grades), ``iid`` over
+10 sites (each site: its own 25% test split, 10% validation); the 1-site settings (C,
+CDP) see the same rows as one site. Model: medsilo's GroupNorm CNN (channels 16, 32;
+5,349 weights). Metrics: the mean over sites of each site's test accuracy and QWK of the
+final global model; mean ± sd over seeds 0-4 (the seed fixes the split and the initial
+weights; DP noise comes from fresh site secrets by design).
+
+Protocols, the same total expected batch (100 records per step) and lr in every setting:
+* Dopamine: ``mode = "distributed"``, batch 10 per site (q = 10/n_i), one DP-SGD step
+  of the federation per round, ``ROUNDS_STEP`` rounds, FedAvgM server momentum 0.9 (the
+  coordinator's SGD with momentum on the decoded noisy gradient), secure aggregation
+  with ``dropout_rate = 0.1`` (t = 9 of 10 shares planned: the noise is calibrated for 9
+  shares, 10 reach the sum), Skellam noise calibrated by medsilo to the target epsilon.
+* CDP: one site holding all training rows, ``mode = "local"`` (DP-SGD, Opacus), batch
+  100, local momentum 0.9, ``ROUNDS_STEP / steps_per_epoch`` rounds of one local epoch, so
+  the same number of steps as Dopamine, sigma calibrated to the same epsilon.
+* FPDP: 10 sites, ``mode = "local"``, batch 10 per site, one local epoch per round
+  (ceil(1/q) steps), ``ROUNDS_FED`` rounds of FedAvg, sigma calibrated per site to the
+  same epsilon (each site's noise is full strength for its own small batch).
+* F and C: the same as FPDP and CDP without DP.
+The learning rate is not tuned (no grid on this 2-core machine): lr = 0.05 with momentum
+0.9 everywhere, a common DP-SGD choice for small CNNs; say so when comparing.
+
+    python benchmarks/dopamine.py [--seeds 5] [--epsilons 4 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from _common import fmt_mean_sd, md_table, mean_sd, write_results
+from _studies import run
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+ROUNDS_STEP = 300
+"""Dopamine and CDP: DP-SGD steps of batch 100 (about 33 epochs of the 905 training rows)."""
+ROUNDS_FED = 30
+"""F and FPDP: FedAvg rounds of one local epoch."""
+LR = 0.05
+DELTA = 1e-4
+
+COMMON = """
+[study]
+name = "dopamine-{setting}"
+rounds = {rounds}
+evaluate_every = 0
+seed = {seed}
+
+[data]
+dataset = "retina"
+partition = "iid"
+num_sites = {sites}
+test_fraction = 0.25
+val_fraction = 0.1
+
+[model]
+name = "cnn"
+
+[train]
+batch_size = {batch}
+lr = {lr}
+momentum = {momentum}
+local_epochs = 1
+
+[strategy]
+name = "{strategy}"
+{strategy_extra}
+
+[baselines]
+local_only = false
+pooled = false
+"""
+
+PRIVACY = """
+[privacy]
+mode = "{mode}"
+clip = 2.0
+target_epsilon = {epsilon}
+delta = {delta}
+accountant = "rdp"
+
+[budgets]
+default = {{ epsilon = {epsilon}, delta = {delta} }}
+"""
+
+SECURE = """
+[secure_aggregation]
+enabled = true
+bits = 48
+dropout_rate = 0.1
+"""
+
+
+def study(setting: str, seed: int, epsilon: float | None, rounds_step: int) -> str:
+    """The study file of one setting."""
+    pooled = setting in ("C", "CDP")
+    batch = 100 if pooled else 10
+    rounds = {
+        "C": math.ceil(rounds_step / 10),
+        "CDP": math.ceil(rounds_step / 10),
+        "F": ROUNDS_FED,
+        "FPDP": ROUNDS_FED,
+        "Dopamine": rounds_step,
+    }[setting]
+    dopamine = setting == "Dopamine"
+    text = COMMON.format(
+        setting=setting,
+        rounds=rounds,
+        seed=seed,
+        sites=1 if pooled else 10,
+        batch=batch,
+        lr=LR,
+        momentum=0.0 if dopamine else 0.9,
+        strategy="fedavgm" if dopamine else "fedavg",
+        strategy_extra="server_momentum = 0.9" if dopamine else "",
+    )
+    if setting in ("CDP", "FPDP", "Dopamine"):
+        mode = "distributed" if dopamine else "local"
+        text += PRIVACY.format(mode=mode, epsilon=epsilon, delta=DELTA)
+    if dopamine:
+        text += SECURE
+    return text
+
+
+def evaluate(setting: str, seed: int, epsilon: float | None, rounds_step: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = run(study(setting, seed, epsilon, rounds_step))
+    h = result.history
+    test = h[(h["kind"] == "eval") & (h["split"] == "test")]
+    final = test[test["round"] == test["round"].max()]
+    spent = None
+    train = h[h["kind"] == "train"]
+    if "epsilon" in train and train["epsilon"].notna().any():
+        spent = float(train.groupby("site")["epsilon"].max().max())
+    row = {
+        "setting": setting,
+        "seed": seed,
+        "target_epsilon": epsilon,
+        "epsilon_spent_max": spent,
+        "accuracy": float(final["accuracy"].mean()),
+        "qwk": float(final["qwk"].mean()),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if "epsilon_collusion" in train:
+        row["epsilon_collusion_max"] = float(train["epsilon_collusion"].max())
+    print(row, flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[4.0, 10.0])
+    parser.add_argument(
+        "--quick", action="store_true", help="1 seed, 30 steps: a smoke run, not a result"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = datetime.now(UTC)
+    seeds = range(1 if args.quick else args.seeds)
+    rounds_step = 30 if args.quick else ROUNDS_STEP
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        for setting in ("C", "F"):
+            rows.append(evaluate(setting, seed, None, rounds_step))
+        for epsilon in args.epsilons:
+            for setting in ("CDP", "FPDP", "Dopamine"):
+                rows.append(evaluate(setting, seed, epsilon, rounds_step))
+    table, summary = [], {}
+    for setting in ("C", "F", "CDP", "FPDP", "Dopamine"):
+        for epsilon in [None] if setting in ("C", "F") else args.epsilons:
+            runs = [r for r in rows if r["setting"] == setting and r["target_epsilon"] == epsilon]
+            acc, qwk = [r["accuracy"] for r in runs], [r["qwk"] for r in runs]
+            spent = [r["epsilon_spent_max"] for r in runs if r["epsilon_spent_max"] is not None]
+            collusion = [r["epsilon_collusion_max"] for r in runs if "epsilon_collusion_max" in r]
+            summary[f"{setting}@{epsilon}"] = {"accuracy": mean_sd(acc), "qwk": mean_sd(qwk)}
+            table.append(
+                [
+                    setting,
+                    "-" if epsilon is None else f"{epsilon:g}",
+                    f"{max(spent):.2f}" if spent else "inf",
+                    f"{max(collusion):.2f}" if collusion else "",
+                    fmt_mean_sd(acc),
+                    fmt_mean_sd(qwk),
+                    f"{sum(r['seconds'] for r in runs) / len(runs):.0f}",
+                ]
+            )
+    verdicts = []
+    for epsilon in args.epsilons:
+        dop = summary[f"Dopamine@{epsilon}"]["accuracy"][0]
+        cdp = summary[f"CDP@{epsilon}"]["accuracy"][0]
+        fpdp = summary[f"FPDP@{epsilon}"]["accuracy"][0]
+        verdicts.append(
+            f"- epsilon {epsilon:g}: Dopamine {dop:.3f} vs CDP {cdp:.3f} "
+            f"({100 * (dop - cdp):+.1f} points; goal within 1.5: "
+            f"{'met' if abs(dop - cdp) <= 0.015 or dop > cdp else 'missed'}), vs FPDP "
+            f"{fpdp:.3f} ({100 * (dop - fpdp):+.1f} points; goal clearly above: "
+            f"{'met' if dop - fpdp >= 0.02 else 'missed'})"
+        )
+    body = "\n".join(
+        [
+            f"RetinaMNIST, 10 iid sites, GroupNorm CNN, delta {DELTA:g}, "
+            f"{len(list(seeds))} seed(s); Dopamine/CDP {rounds_step} steps of batch 100, "
+            f"F/FPDP {ROUNDS_FED} FedAvg rounds of one local epoch (batch 10 per site). "
+            "Accuracy and QWK: mean over sites of the final model's test metrics, "
+            "mean ± sd over seeds. epsilon spent: the largest over sites, from the sites' "
+            "ledgers (against the coordinator); Dopamine's colluders' epsilon is against "
+            "the coordinator and all 9 other sites (its own share only).",
+            "",
+            md_table(
+                [
+                    "setting",
+                    "target epsilon",
+                    "epsilon spent",
+                    "epsilon if all others collude",
+                    "accuracy",
+                    "QWK",
+                    "s per run",
+                ],
+                table,
+            ),
+            "",
+            *verdicts,
+        ]
+    )
+    write_results(
+        "dopamine" + ("_quick" if args.quick else ""),
+        "Dopamine's five settings on RetinaMNIST",
+        body,
+        {"rows": rows, "summary": summary},
+        started,
+    )
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
