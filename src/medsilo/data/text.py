@@ -408,7 +408,7 @@ def windows(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
 def best_window(position: int, spans: Sequence[tuple[int, int]]) -> int:
     """Index of the window that contains ``position`` with most context on its nearer side.
 
-    >>> best_window(3, [(0, 4), (3, 7)])
+    >>> best_window(5, [(0, 6), (4, 10)])  # 0 tokens after it in the first, 1 before in the second
     1
     """
     best, score = -1, -1

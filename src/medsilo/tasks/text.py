@@ -1,0 +1,342 @@
+"""Token classification (entity tagging) and masked-language modelling with Hugging Face
+``transformers`` encoders.
+
+Models. :class:`TextModelSpec` names either a pretrained model (``source``: any hub name,
+e.g. ``xlm-roberta-base`` for a user with a network, or a local directory) or, offline, a
+small BERT / XLM-R configuration trained from scratch (Devlin et al., NAACL 2019; Conneau
+et al., ACL 2020). :class:`TextModel` wraps it so that ``model(ids)`` returns logits
+shaped ``(batch, classes, tokens)``: ``F.cross_entropy(model(x), y)`` with ``y`` =
+:data:`IGNORE` at positions without a label is then exactly the token-level loss, and the
+federated training loop, DP-SGD (Opacus) and the final local step are the same code as for
+tables and images. It passes ``position_ids`` explicitly, contiguous and shaped
+``(batch, tokens)``, which Opacus needs with transformers 5.x (../shared/ENVIRONMENT.md).
+
+Label alignment (sub-words). A word of several sub-tokens carries its tag on its first
+sub-token; the others are either ignored in the loss (``alignment = "first"``, as in
+BERT's CoNLL-2003 experiments) or labelled too (``"all"``, continuation sub-tokens of a
+``B-X`` word get ``I-X``). Predictions are always read from each word's first sub-token,
+so scores are per word, as seqeval expects.
+
+Long sentences. A sentence longer than ``max_len - 2`` sub-tokens is cut into overlapping
+windows (:func:`medsilo.data.text.windows`), each ``[CLS] ... [SEP]``; each word's
+prediction comes from the window where it has most context (:func:`best_window`). Nothing
+is truncated.
+
+Masked-language modelling: BERT's scheme, 15% of the non-special tokens are chosen; of
+those 80% become ``[MASK]``, 10% a random token and 10% stay (:func:`mask_tokens`).
+
+Scores: entity-level precision, recall and F1 (an entity counts only if type and both
+boundaries match: CoNLL-2000 / conlleval) with ``seqeval`` in strict IOB2 mode, micro-
+averaged over types and per type (:func:`entity_scores`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from medsilo.data.text import Sentence, best_window, windows
+from medsilo.tasks.tokenizer import WordTokenizer
+
+IGNORE = -100
+"""Label of positions without a loss (``F.cross_entropy``'s default ``ignore_index``)."""
+Alignment = Literal["first", "all"]
+Task = Literal["tagging", "mlm"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Windows of sub-token ids ready for a model, and where each word's prediction is."""
+
+    ids: np.ndarray
+    """``(rows, max_len)`` int64, ``[CLS] ... [SEP]`` then padding."""
+    labels: np.ndarray
+    """``(rows, max_len)`` int64 label ids, :data:`IGNORE` where no loss is taken."""
+    words: tuple[tuple[tuple[int, int], ...], ...]
+    """For each sentence, for each word: the ``(row, column)`` its prediction is read at."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _rows(
+    pieces: list[list[int]], tokenizer: WordTokenizer, max_len: int, overlap: int
+) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+    """Flatten a sentence's sub-tokens; returns (flat ids, windows, first sub-token of each
+    word)."""
+    flat: list[int] = []
+    starts: list[int] = []
+    for p in pieces:
+        starts.append(len(flat))
+        flat += p
+    return flat, windows(len(flat), max_len - 2, overlap), starts
+
+
+def encode_tagging(
+    sentences: Sequence[Sentence],
+    tokenizer: WordTokenizer,
+    labels: Sequence[str],
+    *,
+    max_len: int = 128,
+    overlap: int = 32,
+    alignment: Alignment = "first",
+) -> Encoded:
+    """Sub-tokenize, align tags (see the module docstring) and cut into windows.
+
+    ``labels`` is the IOB2 label list (index = class id); a tag outside it is an error.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    ids: list[list[int]] = []
+    targets: list[list[int]] = []
+    words: list[tuple[tuple[int, int], ...]] = []
+    for s in sentences:
+        pieces = tokenizer.encode_words(s.words)
+        flat, spans, starts = _rows(pieces, tokenizer, max_len, overlap)
+        tag_of = np.full(len(flat), IGNORE, dtype=np.int64)
+        for start, piece, tag in zip(starts, pieces, s.tags, strict=True):
+            if tag not in index:
+                raise ValueError(
+                    f"{s.source}:{s.line}: label {tag!r} is not in the label set {list(labels)}"
+                )
+            tag_of[start] = index[tag]
+            if alignment == "all" and len(piece) > 1:
+                inside = "I-" + tag[2:] if tag.startswith("B-") else tag
+                tag_of[start + 1 : start + len(piece)] = index[inside]
+        first_row = len(ids)
+        for a, b in spans:
+            row = [tokenizer.cls_id, *flat[a:b], tokenizer.sep_id]
+            target = [IGNORE, *tag_of[a:b].tolist(), IGNORE]
+            pad = max_len - len(row)
+            ids.append(row + [tokenizer.pad_id] * pad)
+            targets.append(target + [IGNORE] * pad)
+        where = []
+        for start in starts:
+            k = best_window(start, spans)
+            where.append((first_row + k, start - spans[k][0] + 1))
+        words.append(tuple(where))
+    return Encoded(
+        np.asarray(ids, dtype=np.int64).reshape(-1, max_len),
+        np.asarray(targets, dtype=np.int64).reshape(-1, max_len),
+        tuple(words),
+    )
+
+
+def encode_text(
+    sentences: Sequence[Sentence], tokenizer: WordTokenizer, *, max_len: int = 128
+) -> np.ndarray:
+    """Rows of sub-token ids for masked-language modelling (no overlap needed: every token
+    is in exactly one row)."""
+    rows: list[list[int]] = []
+    for s in sentences:
+        flat, spans, _ = _rows(tokenizer.encode_words(s.words), tokenizer, max_len, 0)
+        for a, b in spans:
+            row = [tokenizer.cls_id, *flat[a:b], tokenizer.sep_id]
+            rows.append(row + [tokenizer.pad_id] * (max_len - len(row)))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, max_len)
+
+
+def mask_tokens(
+    ids: np.ndarray,
+    tokenizer: WordTokenizer,
+    rng: np.random.Generator,
+    probability: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masking (Devlin et al. 2019, section 3.1): returns ``(inputs, labels)``,
+    labels = the original id at chosen positions and :data:`IGNORE` elsewhere."""
+    special = np.isin(ids, [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id])
+    chosen = (rng.random(ids.shape) < probability) & ~special
+    labels = np.where(chosen, ids, IGNORE)
+    draw = rng.random(ids.shape)
+    inputs = ids.copy()
+    inputs[chosen & (draw < 0.8)] = tokenizer.mask_id
+    swap = chosen & (draw >= 0.8) & (draw < 0.9)
+    inputs[swap] = rng.integers(0, tokenizer.vocab_size, size=int(swap.sum()))
+    return inputs, labels
+
+
+def decode_tags(
+    predictions: np.ndarray, encoded: Encoded, labels: Sequence[str]
+) -> list[list[str]]:
+    """Each word's predicted tag, read at its first sub-token in its best window."""
+    return [[labels[int(predictions[r, c])] for r, c in sentence] for sentence in encoded.words]
+
+
+def entity_scores(
+    truth: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """Entity-level micro precision/recall/F1 (strict IOB2) and per type
+    (``f1/TYPE`` ...), with ``support`` = number of true entities.
+
+    >>> entity_scores([["B-A", "I-A", "O", "B-B"]], [["B-A", "I-A", "O", "O"]])["f1"]
+    0.6666666666666666
+    """
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    if len(truth) != len(predicted) or any(
+        len(t) != len(p) for t, p in zip(truth, predicted, strict=True)
+    ):
+        raise ValueError("truth and predictions must have the same sentences and lengths")
+    report: dict[str, dict[str, Any]] = classification_report(
+        [list(t) for t in truth],
+        [list(p) for p in predicted],
+        mode="strict",
+        scheme=IOB2,
+        output_dict=True,
+        zero_division=0,
+    )
+    micro = report.get("micro avg", {})
+    out = {
+        "precision": float(micro.get("precision", 0.0)),
+        "recall": float(micro.get("recall", 0.0)),
+        "f1": float(micro.get("f1-score", 0.0)),
+        "support": float(micro.get("support", 0)),
+    }
+    for name, row in report.items():
+        if name.endswith(" avg"):
+            continue
+        out[f"precision/{name}"] = float(row["precision"])
+        out[f"recall/{name}"] = float(row["recall"])
+        out[f"f1/{name}"] = float(row["f1-score"])
+        out[f"support/{name}"] = float(row["support"])
+    return out
+
+
+class TextModelSpec(BaseModel):
+    """``[model]`` of a text study: a pretrained ``source`` or a small configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str | None = None
+    """Hub name (e.g. ``xlm-roberta-base``; needs a network) or local directory of a
+    pretrained encoder; None: the small configuration below, trained from scratch."""
+    architecture: Literal["bert", "xlm-roberta"] = "bert"
+    layers: int = Field(default=2, ge=1)
+    hidden: int = Field(default=128, ge=8)
+    heads: int = Field(default=2, ge=1)
+    intermediate: int = Field(default=512, ge=8)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_len: int = Field(default=128, ge=8)
+    """Tokens per window, ``[CLS]`` and ``[SEP]`` included."""
+    overlap: int = Field(default=32, ge=0)
+    """Sub-tokens shared by consecutive windows of a long sentence."""
+    alignment: Alignment = "first"
+
+    @model_validator(mode="after")
+    def _shape(self) -> TextModelSpec:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.overlap >= self.max_len - 2:
+            raise ValueError(f"overlap ({self.overlap}) must be < max_len - 2")
+        return self
+
+
+class TextModel(nn.Module):
+    """A transformers encoder with a tagging or MLM head; ``forward(ids)`` returns logits
+    ``(batch, classes, tokens)``. Padding (``pad_id``) is masked out of attention."""
+
+    def __init__(self, net: nn.Module, pad_id: int) -> None:
+        super().__init__()
+        self.net = net
+        self.pad_id = pad_id
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, tokens = ids.shape
+        # Contiguous (batch, tokens) position ids: Opacus needs them explicit.
+        positions = torch.arange(tokens, device=ids.device).unsqueeze(0).repeat(batch, 1)
+        out = self.net(
+            input_ids=ids,
+            attention_mask=(ids != self.pad_id).long(),
+            position_ids=positions,
+        )
+        logits: torch.Tensor = out.logits
+        return logits.transpose(1, 2)
+
+
+def build_model(
+    spec: TextModelSpec,
+    task: Task,
+    *,
+    vocab_size: int,
+    pad_id: int,
+    num_labels: int = 2,
+    seed: int = 0,
+) -> TextModel:
+    """A tagging (``num_labels`` classes) or MLM model, pretrained or from scratch
+    (initialized from ``seed``). Word embeddings and the MLM decoder are untied, so every
+    Opacus mode applies and averaging treats them as separate weights."""
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForTokenClassification,
+        BertConfig,
+        XLMRobertaConfig,
+    )
+
+    torch.manual_seed(seed)
+    if spec.source is not None:
+        if task == "mlm":
+            net = AutoModelForMaskedLM.from_pretrained(spec.source)
+        else:
+            net = AutoModelForTokenClassification.from_pretrained(
+                spec.source, num_labels=num_labels
+            )
+        return TextModel(net, pad_id)
+    config_class = BertConfig if spec.architecture == "bert" else XLMRobertaConfig
+    settings: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.intermediate,
+        hidden_dropout_prob=spec.dropout,
+        attention_probs_dropout_prob=spec.dropout,
+        # XLM-R offsets positions past padding_idx; explicit position_ids start at 0.
+        max_position_embeddings=spec.max_len + 2,
+        pad_token_id=pad_id,
+        num_labels=num_labels,
+        tie_word_embeddings=False,
+    )
+    config = config_class(**settings)
+    model_class = AutoModelForMaskedLM if task == "mlm" else AutoModelForTokenClassification
+    return TextModel(model_class.from_config(config), pad_id)  # type: ignore[no-untyped-call]
+
+
+def shared_weights(source: Mapping[str, np.ndarray], target: nn.Module) -> dict[str, np.ndarray]:
+    """The entries of ``source`` (e.g. an MLM model's weights) that ``target`` has, with
+    the same shape: the encoder, not the heads. Raises if nothing matches."""
+    state = target.state_dict()
+    out = {k: v for k, v in source.items() if k in state and tuple(state[k].shape) == v.shape}
+    if not out:
+        raise ValueError("the two models share no weights (different architectures?)")
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Argmax class of every position, ``(rows, tokens)``."""
+    model.eval()
+    x = torch.from_numpy(ids)
+    out = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]
+    if not out:
+        return np.zeros(ids.shape, dtype=np.int64)
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def masked_lm_loss(model: nn.Module, inputs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy over the masked positions (``exp`` of it is the perplexity)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(inputs), 64):
+        logits = model(torch.from_numpy(inputs[i : i + 64]))
+        y = torch.from_numpy(labels[i : i + 64])
+        loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        total += float(loss)
+        count += int((y != IGNORE).sum())
+    return total / max(count, 1)
