@@ -1,0 +1,660 @@
+"""The multilingual clinical-entity pipeline of Manoel et al. ("Federated multilingual
+models for medical transcript analysis", CHIL 2023, PMLR 209) as one study file.
+
+1. federated masked-language-model pretraining across the language providers, each on
+   its own text (heterogeneous sizes: FedAvg weights by rows);
+2. federated fine-tuning of the pretrained encoder for entity tagging;
+3. a final local training step at each provider (:func:`medsilo.fed.personalization.
+   fine_tune`), evaluated on its own test split.
+
+Baselines in the same run, each with the same phases and epochs: ``local`` (each provider
+alone: its own MLM pretraining, fine-tuning and the local step's epochs), ``central_public``
+(one model trained centrally on public corpora only, e.g. English PubMed abstracts, label
+types mapped onto the providers' scheme) and ``pooled`` (all providers' training data in
+one place: the upper bound federation approximates).
+
+Rounds reuse medsilo's machinery unchanged: a :class:`~medsilo.fed.coordinator.
+Coordinator` with the ``[strategy]`` (FedAvg by default) driven by the
+:class:`~medsilo.engines.local.LocalEngine`, and :class:`TextSite`, a
+:class:`~medsilo.fed.site.Site` whose arrays are token ids and per-token labels. With
+``[privacy]`` every provider trains with DP-SGD and records every step, pretraining,
+fine-tuning and local step, in its own ledger (rounds numbered on across the phases).
+The unit of privacy is one training row: a window of at most ``max_len`` sub-tokens of one
+sentence; a patient or document with many rows is protected only by group privacy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medsilo.data.text import (
+    Sentence,
+    bio_labels,
+    document_sentences,
+    entity_types,
+    read_brat_dir,
+    read_conll,
+)
+from medsilo.data.types import SiteData
+from medsilo.engines.local import LocalEngine, RoundResult
+from medsilo.errors import ConfigError, DataError
+from medsilo.fed.coordinator import Coordinator
+from medsilo.fed.dp import LocalDp
+from medsilo.fed.messages import (
+    EvaluateRequest,
+    Evaluation,
+    Refusal,
+    RoundPlan,
+    TrainConfig,
+    Update,
+)
+from medsilo.fed.personalization import PersonalizationSpec, fine_tune
+from medsilo.fed.site import Site, derive_seed
+from medsilo.fed.strategies import StrategySpec
+from medsilo.fed.training import get_weights, set_weights
+from medsilo.privacy.dpsgd import steps_per_epoch
+from medsilo.privacy.ledger import Budget, Ledger
+from medsilo.report.rundir import atomic_write_json
+from medsilo.tasks.text import (
+    Encoded,
+    TextModelSpec,
+    build_model,
+    decode_tags,
+    encode_tagging,
+    encode_text,
+    entity_scores,
+    mask_tokens,
+    masked_lm_loss,
+    predict,
+    shared_weights,
+)
+from medsilo.tasks.tokenizer import PretrainedTokenizer, WordTokenizer, train_public_tokenizer
+
+Setting = Literal["local", "central_public", "pooled"]
+SETTINGS: tuple[Setting, ...] = ("local", "central_public", "pooled")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusSection(_Section):
+    """One provider's (or the public) corpus: CoNLL/TSV files or brat directories."""
+
+    train: list[Path] = Field(min_length=1)
+    test: list[Path] = Field(default_factory=list)
+    format: Literal["conll", "brat"] = "conll"
+    repair: bool = False
+    """Turn an ``I-X`` that does not continue an entity into ``B-X`` instead of failing."""
+    label_map: dict[str, str] = Field(default_factory=dict)
+    """Entity type -> type of the study's scheme; ``"O"`` drops the type."""
+    max_sentences: int | None = Field(default=None, ge=1)
+    """Keep only the first N training sentences (tiny runs)."""
+
+
+class PhaseSection(_Section):
+    rounds: int = Field(default=1, ge=0)
+    local_epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+    def config(self) -> TrainConfig:
+        return TrainConfig(
+            self.local_epochs, self.batch_size, self.lr, self.momentum, self.weight_decay
+        )
+
+
+class TokenizerSection(_Section):
+    source: str | None = None
+    """Hub name or local directory of a pretrained tokenizer; None: learn a byte-level BPE
+    on ``public`` files only (see :mod:`medsilo.tasks.tokenizer`)."""
+    public: list[Path] = Field(default_factory=list)
+    """Public corpora (CoNLL/TSV) the BPE is learnt on; empty: the [public] corpus."""
+    vocab_size: int = Field(default=8000, ge=261)
+
+
+class PrivacySection(_Section):
+    """Record-level DP-SGD at every provider, every phase, one ledger per provider."""
+
+    epsilon: float = Field(gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    noise_multiplier: float = Field(gt=0)
+    clip: float = Field(default=1.0, gt=0)
+    accountant: Literal["rdp", "pld"] = "rdp"
+
+
+class StudyMeta(_Section):
+    name: str = Field(default="text", pattern=r"^[A-Za-z0-9._-]+$")
+    seed: int = Field(default=0, ge=0)
+    threads: int = Field(default=1, ge=1)
+
+
+class TextStudy(_Section):
+    """A text study file."""
+
+    study: StudyMeta = Field(default_factory=StudyMeta)
+    model: TextModelSpec = Field(default_factory=TextModelSpec)
+    tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
+    providers: dict[str, CorpusSection] = Field(min_length=1)
+    public: CorpusSection | None = None
+    pretrain: PhaseSection = Field(default_factory=lambda: PhaseSection(rounds=0))
+    finetune: PhaseSection = Field(default_factory=PhaseSection)
+    local_step: PersonalizationSpec = Field(
+        default_factory=lambda: PersonalizationSpec(fine_tune_epochs=1)
+    )
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    baselines: list[Setting] = Field(default_factory=lambda: list(SETTINGS))
+    privacy: PrivacySection | None = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> TextStudy:
+        if "central_public" in self.baselines and self.public is None:
+            raise ValueError("baselines: 'central_public' needs a [public] corpus")
+        if self.tokenizer.source is None and not (self.tokenizer.public or self.public):
+            raise ValueError(
+                "tokenizer: give a pretrained 'source', or public corpora to learn it on "
+                "([tokenizer] public = [...] or a [public] section); never private text"
+            )
+        for name, corpus in self.providers.items():
+            if not corpus.test:
+                raise ValueError(f"providers.{name}.test: every provider needs a test split")
+        if self.strategy.name == "fedltn":
+            raise ValueError("strategy.name: 'fedltn' is not available for text studies")
+        return self
+
+
+def parse_text_study(text: str, source: str = "<study>", base_dir: Path | None = None) -> TextStudy:
+    """Parse and validate a text study file; relative paths are resolved from ``base_dir``."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    try:
+        study = TextStudy.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format(source, error)) from None
+    if base_dir is None:
+        return study
+    return _resolve(study, base_dir)
+
+
+def _format(source: str, error: ValidationError) -> str:
+    """``file: field.path: rule (got value)``, one line per problem."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        value = item.get("input")
+        shown = (
+            ""
+            if isinstance(value, dict) or item["type"] == "extra_forbidden"
+            else f" (got {value!r})"
+        )
+        lines.append(f"{source}: {where or '(top level)'}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _resolve(study: TextStudy, base: Path) -> TextStudy:
+    def corpus(c: CorpusSection) -> CorpusSection:
+        return c.model_copy(
+            update={"train": [base / p for p in c.train], "test": [base / p for p in c.test]}
+        )
+
+    return study.model_copy(
+        update={
+            "providers": {n: corpus(c) for n, c in study.providers.items()},
+            "public": corpus(study.public) if study.public is not None else None,
+            "tokenizer": study.tokenizer.model_copy(
+                update={"public": [base / p for p in study.tokenizer.public]}
+            ),
+        }
+    )
+
+
+def load_text_study(path: Path) -> TextStudy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the study file ({error.strerror})") from None
+    return parse_text_study(text, str(path), path.parent)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def read_corpus(paths: Sequence[Path], section: CorpusSection) -> list[Sentence]:
+    """Sentences of every file (CoNLL) or brat directory, with the label map applied."""
+    out: list[Sentence] = []
+    for path in paths:
+        if section.format == "brat":
+            out += [s for d in read_brat_dir(path) for s in document_sentences(d)]
+        else:
+            out += read_conll(path, repair=section.repair).sentences
+    return [_map_labels(s, section.label_map) for s in out]
+
+
+def _map_labels(sentence: Sentence, mapping: Mapping[str, str]) -> Sentence:
+    if not mapping:
+        return sentence
+    tags = []
+    for tag in sentence.tags:
+        target = mapping.get(tag[2:], tag[2:]) if tag != "O" else "O"
+        tags.append("O" if target == "O" else f"{tag[:2]}{target}")
+    # Dropping a type can leave an I- of the next type orphaned only if types were
+    # adjacent without B-; IOB2 input guarantees B- at every entity start.
+    return Sentence(sentence.words, tuple(tags), sentence.source, sentence.line, sentence.document)
+
+
+@dataclass
+class Corpus:
+    """One group's data, encoded with the study's tokenizer and labels."""
+
+    name: str
+    train: list[Sentence]
+    test: list[Sentence]
+    mlm: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    tagging: Encoded | None = None
+    test_encoded: Encoded | None = None
+
+
+def _encode(
+    corpus: Corpus, tokenizer: WordTokenizer, labels: Sequence[str], spec: TextModelSpec
+) -> Corpus:
+    kw: dict[str, Any] = {"max_len": spec.max_len, "overlap": spec.overlap}
+    corpus.mlm = encode_text(corpus.train, tokenizer, max_len=spec.max_len)
+    corpus.tagging = encode_tagging(corpus.train, tokenizer, labels, alignment=spec.alignment, **kw)
+    if corpus.test:
+        corpus.test_encoded = encode_tagging(corpus.test, tokenizer, labels, **kw)
+    return corpus
+
+
+def _site_data(name: str, x: np.ndarray, y: np.ndarray) -> SiteData:
+    empty = np.zeros((0, x.shape[1]), dtype=np.int64)
+    return SiteData(name, x, y, empty, empty, empty, empty)
+
+
+# -------------------------------------------------------------------------- sites
+
+
+class TextSite(Site):
+    """A provider: a :class:`Site` whose rows are token windows. For MLM it draws a fresh
+    BERT masking of its text every round (dynamic masking, Liu et al. 2019), from its own
+    seed, before the usual round logic (SGD or DP-SGD, ledger)."""
+
+    def __init__(
+        self,
+        index: int,
+        data: SiteData,
+        model_factory: Callable[[], torch.nn.Module],
+        seed: int,
+        *,
+        task: Literal["tagging", "mlm"],
+        tokenizer: WordTokenizer,
+        dp: LocalDp | None = None,
+    ) -> None:
+        super().__init__(index, data, model_factory, frozenset(), seed, dp=dp)
+        self.task = task
+        self.tokenizer = tokenizer
+
+    def on_plan(self, plan: RoundPlan) -> Update | Refusal:
+        if self.task == "mlm":
+            rng = np.random.default_rng(derive_seed(self.seed, self.index, plan.round, 3))
+            inputs, labels = mask_tokens(self.data.x_train, self.tokenizer, rng)
+            self._tensors["train"] = (torch.from_numpy(inputs), torch.from_numpy(labels))
+        return super().on_plan(plan)
+
+    def on_evaluate(self, request: EvaluateRequest) -> Evaluation:
+        """MLM: masked-token loss on a fixed masking of the training text (the sites keep
+        it; nothing is released but the number)."""
+        self._load_global(request.weights)
+        rng = np.random.default_rng(derive_seed(self.seed, self.index, 0, 4))
+        inputs, labels = mask_tokens(self.data.x_train, self.tokenizer, rng)
+        return Evaluation(
+            self.name,
+            request.round,
+            request.split,
+            len(inputs),
+            {"mlm_loss": masked_lm_loss(self.model, inputs, labels)},
+        )
+
+
+def tagging_scores(
+    model: torch.nn.Module, corpus: Corpus, labels: Sequence[str]
+) -> dict[str, float]:
+    """Entity-level scores of ``model`` on ``corpus``'s test split."""
+    assert corpus.test_encoded is not None
+    predicted = decode_tags(predict(model, corpus.test_encoded.ids), corpus.test_encoded, labels)
+    return entity_scores([s.tags for s in corpus.test], predicted)
+
+
+# ------------------------------------------------------------------------ pipeline
+
+
+@dataclass
+class PipelineResult:
+    weights: dict[str, np.ndarray]
+    """The global tagging model after federated fine-tuning."""
+    personalized: dict[str, dict[str, np.ndarray]]
+    """Each member's model after the local step (empty when it is off)."""
+    round_seconds: dict[str, list[float]]
+    mlm_loss: list[float]
+
+
+def open_ledgers(
+    names: Sequence[str], privacy: PrivacySection, directory: Path
+) -> dict[str, tuple[Ledger, bytes]]:
+    """One ledger and one 32-byte secret per provider under ``directory/<name>/``."""
+    out = {}
+    for name in names:
+        folder = directory / name
+        folder.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.open(
+            folder,
+            site=name,
+            budget=Budget(privacy.epsilon, privacy.delta),
+            accountant=privacy.accountant,
+        )
+        out[name] = (ledger, os.urandom(32))
+    return out
+
+
+def _dp(
+    rows: int,
+    phase: PhaseSection | TrainConfig,
+    privacy: PrivacySection,
+    owned: tuple[Ledger, bytes],
+) -> LocalDp:
+    q = min(1.0, phase.batch_size / max(rows, 1))
+    return LocalDp(
+        sample_rate=q,
+        noise_multiplier=privacy.noise_multiplier,
+        clip=privacy.clip,
+        steps_per_round=phase.local_epochs * steps_per_epoch(q),
+        secret=owned[1],
+        ledger=owned[0],
+    )
+
+
+def run_pipeline(
+    study: TextStudy,
+    members: Sequence[Corpus],
+    tokenizer: WordTokenizer,
+    labels: Sequence[str],
+    *,
+    local_step: bool,
+    ledgers: Mapping[str, tuple[Ledger, bytes]] | None = None,
+) -> PipelineResult:
+    """MLM pretraining (``pretrain.rounds``, 0 to skip) -> fine-tuning for tagging ->
+    optionally the local step, all federated over ``members`` (one member: that group
+    alone)."""
+    spec, seed = study.model, study.study.seed
+    names = [m.name for m in members]
+    seconds: dict[str, list[float]] = {"pretrain": [], "finetune": []}
+    privacy = study.privacy if ledgers is not None else None
+
+    def engine_run(
+        sites: Mapping[str, TextSite],
+        init: Mapping[str, np.ndarray],
+        phase: PhaseSection,
+        offset: int,
+        key: str,
+        on_round: Callable[[RoundResult], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        coordinator = Coordinator(init, study.strategy, names, phase.config(), seed)
+        coordinator.rounds_done = offset  # ledger rounds number on across the phases
+
+        def record(result: RoundResult) -> None:
+            seconds[key].append(result.seconds)
+            if on_round is not None:
+                on_round(result)
+
+        LocalEngine().run(
+            coordinator,
+            sites,
+            offset + phase.rounds,
+            on_round=record,
+            evaluate_every=0,
+            splits=("val",) if key == "pretrain" else (),
+        )
+        return dict(coordinator.weights)
+
+    mlm_loss: list[float] = []
+    encoder: dict[str, np.ndarray] | None = None
+    if study.pretrain.rounds > 0:
+
+        def mlm_model() -> torch.nn.Module:
+            return build_model(
+                spec, "mlm", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, seed=seed
+            )
+
+        sites = {
+            m.name: TextSite(
+                i,
+                _site_data(m.name, m.mlm, m.mlm),
+                mlm_model,
+                seed,
+                task="mlm",
+                tokenizer=tokenizer,
+                dp=_dp(len(m.mlm), study.pretrain, privacy, ledgers[m.name])
+                if privacy and ledgers
+                else None,
+            )
+            for i, m in enumerate(members)
+        }
+        start = get_weights(next(iter(sites.values())).model)
+
+        def losses(result: RoundResult) -> None:
+            evals = [e for e in result.evaluations]
+            if evals:
+                total = sum(e.num_samples for e in evals)
+                mlm_loss.append(sum(e.metrics["mlm_loss"] * e.num_samples for e in evals) / total)
+
+        encoder = engine_run(sites, start, study.pretrain, 0, "pretrain", losses)
+
+    def tagger() -> torch.nn.Module:
+        return build_model(
+            spec,
+            "tagging",
+            vocab_size=tokenizer.vocab_size,
+            pad_id=tokenizer.pad_id,
+            num_labels=len(labels),
+            seed=seed,
+        )
+
+    offset = study.pretrain.rounds
+    sites = {}
+    for i, m in enumerate(members):
+        assert m.tagging is not None
+        sites[m.name] = TextSite(
+            i,
+            _site_data(m.name, m.tagging.ids, m.tagging.labels),
+            tagger,
+            seed,
+            task="tagging",
+            tokenizer=tokenizer,
+            dp=_dp(len(m.tagging), study.finetune, privacy, ledgers[m.name])
+            if privacy and ledgers
+            else None,
+        )
+    first = next(iter(sites.values())).model
+    if encoder is not None:
+        set_weights(first, shared_weights(encoder, first))
+    weights = engine_run(sites, get_weights(first), study.finetune, offset, "finetune")
+    personalized: dict[str, dict[str, np.ndarray]] = {}
+    if local_step and study.local_step.enabled:
+        round_ = offset + study.finetune.rounds + 1
+        for name, site in sites.items():
+            set_weights(site.model, weights)
+            x, y = site._tensors["train"]
+            config = study.finetune.config()
+            result = fine_tune(
+                site.model,
+                x,
+                y,
+                study.local_step,
+                config,
+                seed=derive_seed(seed, site.index, round_, 9),
+                round=round_,
+                dp=site.dp if isinstance(site.dp, LocalDp) else None,
+            )
+            if result.refused is not None:
+                raise ConfigError(f"provider {name}: local step refused: {result.refused}")
+            personalized[name] = result.weights
+    return PipelineResult(weights, personalized, seconds, mlm_loss)
+
+
+# ----------------------------------------------------------------------------- study
+
+
+@dataclass
+class TextStudyResult:
+    """Entity-level test scores per setting and provider, and what the run cost."""
+
+    scores: dict[str, dict[str, dict[str, float]]]
+    """setting -> provider -> scores (``f1``, ``precision``, ``recall``, ``f1/TYPE`` ...)."""
+    labels: tuple[str, ...]
+    round_seconds: dict[str, dict[str, list[float]]]
+    epsilon: dict[str, float]
+    """Each provider's epsilon spent (federated pipeline, DP only)."""
+    mlm_loss: list[float]
+    seconds: float
+
+    def mean_f1(self, setting: str) -> float:
+        rows = self.scores[setting]
+        return float(np.mean([r["f1"] for r in rows.values()]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labels": list(self.labels),
+            "scores": self.scores,
+            "mean_f1": {s: self.mean_f1(s) for s in self.scores},
+            "round_seconds": self.round_seconds,
+            "epsilon": self.epsilon,
+            "mlm_loss": self.mlm_loss,
+            "seconds": self.seconds,
+        }
+
+
+def build_tokenizer(study: TextStudy) -> WordTokenizer:
+    if study.tokenizer.source is not None:
+        return PretrainedTokenizer(study.tokenizer.source)
+    if study.tokenizer.public:
+        sentences = read_corpus(study.tokenizer.public, CorpusSection(train=study.tokenizer.public))
+    else:
+        assert study.public is not None
+        sentences = read_corpus(study.public.train, study.public)
+    return train_public_tokenizer(
+        (" ".join(s.words) for s in sentences), study.tokenizer.vocab_size
+    )
+
+
+def load_corpora(study: TextStudy) -> tuple[list[Corpus], Corpus | None]:
+    def one(name: str, section: CorpusSection) -> Corpus:
+        train = read_corpus(section.train, section)[: section.max_sentences]
+        test = read_corpus(section.test, section) if section.test else []
+        return Corpus(name, train, test)
+
+    providers = [one(n, s) for n, s in study.providers.items()]
+    public = one("public", study.public) if study.public is not None else None
+    return providers, public
+
+
+def run_text_study(study: TextStudy, out_dir: Path | None = None) -> TextStudyResult:
+    """The pipeline and the requested baselines; with ``out_dir``, ``results.json`` (and
+    the providers' ledgers under ``ledgers/``) are written there."""
+    started = time.perf_counter()
+    torch.set_num_threads(study.study.threads)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    providers, public = load_corpora(study)
+    types = entity_types(s for p in providers for s in (*p.train, *p.test))
+    if not types:
+        raise DataError("the providers' corpora have no entity annotation (every tag is O)")
+    labels = bio_labels(types)
+    tokenizer = build_tokenizer(study)
+    for corpus in (*providers, *([public] if public is not None else [])):
+        _encode(corpus, tokenizer, labels, study.model)
+    ledgers = None
+    if study.privacy is not None:
+        if out_dir is None:
+            raise ConfigError("privacy: a DP study needs an output directory for its ledgers")
+        ledgers = open_ledgers([p.name for p in providers], study.privacy, out_dir / "ledgers")
+    model = build_model(
+        study.model,
+        "tagging",
+        vocab_size=tokenizer.vocab_size,
+        pad_id=tokenizer.pad_id,
+        num_labels=len(labels),
+        seed=study.study.seed,
+    )
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    times: dict[str, dict[str, list[float]]] = {}
+
+    def score(weights: Mapping[str, np.ndarray], corpus: Corpus) -> dict[str, float]:
+        set_weights(model, weights)
+        return tagging_scores(model, corpus, labels)
+
+    fed = run_pipeline(study, providers, tokenizer, labels, local_step=True, ledgers=ledgers)
+    times["federated"] = fed.round_seconds
+    scores["federated"] = {p.name: score(fed.weights, p) for p in providers}
+    if fed.personalized:
+        scores["federated+local"] = {p.name: score(fed.personalized[p.name], p) for p in providers}
+    epsilon = {n: float(led.epsilon_spent()) for n, (led, _) in (ledgers or {}).items()}
+    baseline_ledgers = (
+        open_ledgers([p.name for p in providers], study.privacy, out_dir / "baselines" / "ledgers")
+        if study.privacy is not None and out_dir is not None
+        else None
+    )
+    if "local" in study.baselines:
+        scores["local"] = {}
+        for p in providers:
+            own = {p.name: baseline_ledgers[p.name]} if baseline_ledgers else None
+            alone = run_pipeline(study, [p], tokenizer, labels, local_step=True, ledgers=own)
+            final = alone.personalized.get(p.name, alone.weights)
+            scores["local"][p.name] = score(final, p)
+            times[f"local/{p.name}"] = alone.round_seconds
+    if "central_public" in study.baselines:
+        assert public is not None
+        central = run_pipeline(study, [public], tokenizer, labels, local_step=False)
+        scores["central_public"] = {p.name: score(central.weights, p) for p in providers}
+        times["central_public"] = central.round_seconds
+    if "pooled" in study.baselines:
+        pooled = _pool(providers)
+        result = run_pipeline(study, [pooled], tokenizer, labels, local_step=False)
+        scores["pooled"] = {p.name: score(result.weights, p) for p in providers}
+        times["pooled"] = result.round_seconds
+    for owned in (*(ledgers or {}).values(), *(baseline_ledgers or {}).values()):
+        owned[0].close()
+    out = TextStudyResult(
+        scores, tuple(labels), times, epsilon, fed.mlm_loss, time.perf_counter() - started
+    )
+    if out_dir is not None:
+        atomic_write_json(out_dir / "results.json", out.to_json())
+    return out
+
+
+def _pool(providers: Sequence[Corpus]) -> Corpus:
+    """All providers' training rows in one place (the pooled baseline)."""
+    tagging = [p.tagging for p in providers if p.tagging is not None]
+    pooled = Corpus("pooled", [s for p in providers for s in p.train], [])
+    pooled.mlm = np.concatenate([p.mlm for p in providers])
+    pooled.tagging = Encoded(
+        np.concatenate([t.ids for t in tagging]),
+        np.concatenate([t.labels for t in tagging]),
+        tuple(w for t in tagging for w in t.words),
+    )
+    return pooled
