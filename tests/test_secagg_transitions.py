@@ -14,7 +14,7 @@ from medsilo.secagg import crypto
 from medsilo.secagg.client import SiteDone, SiteState, site_step
 from medsilo.secagg.errors import ParameterError, ProtocolError, Violation
 from medsilo.secagg.field import SHAMIR_PRIME
-from medsilo.secagg.graph import Graph
+from medsilo.secagg.graph import Graph, harary_graph
 from medsilo.secagg.messages import (
     AdvertiseKeys,
     ConsistencyRequest,
@@ -482,3 +482,35 @@ def test_masked_input_vector_is_a_read_only_copy() -> None:
 def test_encrypted_share_constructor_checks_sizes() -> None:
     with pytest.raises(ProtocolError, match="ciphertext"):
         EncryptedShare("a", "b", b"short")
+
+
+def test_secagg_plus_site_checks_only_its_neighbourhoods_signatures() -> None:
+    """Bell et al. 2020: in a sparse graph each site receives and verifies the signatures
+    of its own neighbourhood only, and refuses one from outside it."""
+    sites = [f"s{i:02d}" for i in range(12)]
+    graph = harary_graph(sites, 4, np.random.default_rng(0))
+    vectors = {s: np.arange(4, dtype=np.uint64) for s in sites}
+    simulation = Simulation(vectors, 3, bits=16, graph=graph, session_id=b"sparse")
+    for _ in range(4):
+        simulation.close(list(simulation.deliver().values()))
+    requests = dict(simulation.outbox)
+    assert requests and all(isinstance(m, UnmaskRequest) for m in requests.values())
+    for site, message in requests.items():
+        assert isinstance(message, UnmaskRequest)
+        assert {sig.site for sig in message.signatures} == graph.neighbourhood(site)
+    site = sites[0]
+    outsider = next(s for s in sites if s not in graph.neighbourhood(site))
+    request = requests[site]
+    extra = requests[outsider]
+    assert isinstance(request, UnmaskRequest) and isinstance(extra, UnmaskRequest)
+    foreign = next(sig for sig in extra.signatures if sig.site == outsider)
+    forged = dataclasses.replace(request, signatures=(*request.signatures, foreign))
+    _rejects(
+        Violation.INCONSISTENT,
+        "UnmaskRequest",
+        site_step,
+        simulation.sites[site],
+        forged,
+    )
+    simulation.close(list(simulation.deliver().values()))
+    assert isinstance(simulation.coordinator, Finished)

@@ -429,12 +429,16 @@ def sign_survivors(
 
 
 def unmask(state: SiteSigned, inbox: UnmaskRequest) -> tuple[SiteDone, UnmaskShares]:
-    """Round 4: check t signatures of the very U_3 this site signed and that U_3 is
-    connected, then reveal b-shares of survivors and s^SK-shares of dropped sites."""
+    """Round 4: check t signatures of the very U_3 this site signed, from its own
+    neighbourhood (the sites whose shares it holds and that hold its own; Bell et al.,
+    CCS 2020: in SecAgg+ both the consistency check and the threshold are per
+    neighbourhood, so a site verifies ``degree + 1`` signatures, not n), and that U_3 is
+    connected; then reveal b-shares of survivors and s^SK-shares of dropped sites."""
     context = state.context
     config, survivors = context.config, state.survivors
     _check_session(context, inbox, inbox.session, None)
     transcript = survivors_transcript(context.session, survivors)
+    neighbourhood = config.graph.neighbourhood(context.site)
     signers: set[str] = set()
     for signature in inbox.signatures:
         signer = signature.site
@@ -442,6 +446,10 @@ def unmask(state: SiteSigned, inbox: UnmaskRequest) -> tuple[SiteDone, UnmaskSha
         if signer not in survivors:
             raise ProtocolError(
                 "UnmaskRequest", Violation.INCONSISTENT, "signer not in U_3", signer
+            )
+        if signer not in neighbourhood:
+            raise ProtocolError(
+                "UnmaskRequest", Violation.INCONSISTENT, "signer outside the neighbourhood", signer
             )
         if signer in signers:
             raise ProtocolError("UnmaskRequest", Violation.DUPLICATE, "signed twice", signer)

@@ -318,11 +318,12 @@ def collect_signatures(
     signers = frozenset(received)
     dropped = _dropped_to_unmask(state)
     _require_quorum(config, state.stage, signers, survivors | dropped, "U_4 (signed)")
-    signatures = tuple(received[site] for site in sorted(signers))
+    # Each site checks the signatures of its own neighbourhood only (Bell et al., CCS
+    # 2020, the consistency check of SecAgg+): the complete graph sends all of them.
     requests = {
         site: UnmaskRequest(
             config.digest,
-            signatures,
+            tuple(received[v] for v in sorted(config.graph.neighbourhood(site) & signers)),
             tuple(sorted(config.graph.neighbourhood(site) & survivors)),
             tuple(sorted(config.graph.neighbours(site) & dropped)),
         )
