@@ -107,6 +107,13 @@ def test_pipeline_runs_end_to_end(tmp_path: Path) -> None:
     # the public corpus has no drug label: the central model never predicts one
     assert all(r["precision/DRUG"] == 0.0 for r in result.scores["central_public"].values())
     assert len(result.round_seconds["federated"]["pretrain"]) == 1
+    assert set(result.round_seconds) == {
+        "federated",
+        "local:en",
+        "local:es",
+        "central_public",
+        "pooled",
+    }
     assert len(result.round_seconds["federated"]["finetune"]) == 2
     assert len(result.mlm_loss) == 1 and np.isfinite(result.mlm_loss[0])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())

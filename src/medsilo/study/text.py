@@ -139,6 +139,8 @@ class StudyMeta(_Section):
     name: str = Field(default="text", pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = Field(default=0, ge=0)
     threads: int = Field(default=1, ge=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the encoder runs; ``cuda`` is for non-private runs (data stay on the CPU)."""
 
 
 class TextStudy(_Section):
@@ -170,6 +172,8 @@ class TextStudy(_Section):
         for name, corpus in self.providers.items():
             if not corpus.test:
                 raise ValueError(f"providers.{name}.test: every provider needs a test split")
+        if self.privacy is not None and self.study.device != "cpu":
+            raise ValueError("study.device: DP-SGD runs on the CPU; set device = 'cpu'")
         if self.strategy.name == "fedltn":
             raise ValueError("strategy.name: 'fedltn' is not available for text studies")
         return self
@@ -438,7 +442,12 @@ def run_pipeline(
 
         def mlm_model() -> torch.nn.Module:
             return build_model(
-                spec, "mlm", vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, seed=seed
+                spec,
+                "mlm",
+                vocab_size=tokenizer.vocab_size,
+                pad_id=tokenizer.pad_id,
+                seed=seed,
+                device=study.study.device,
             )
 
         sites = {
@@ -473,6 +482,7 @@ def run_pipeline(
             pad_id=tokenizer.pad_id,
             num_labels=len(labels),
             seed=seed,
+            device=study.study.device,
         )
 
     offset = study.pretrain.rounds
@@ -573,13 +583,17 @@ def load_corpora(study: TextStudy) -> tuple[list[Corpus], Corpus | None]:
     return providers, public
 
 
-def run_text_study(study: TextStudy, out_dir: Path | None = None) -> TextStudyResult:
-    """The pipeline and the requested baselines; with ``out_dir``, ``results.json`` (and
-    the providers' ledgers under ``ledgers/``) are written there."""
-    started = time.perf_counter()
-    torch.set_num_threads(study.study.threads)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Prepared:
+    """A study's corpora encoded with its tokenizer and label scheme."""
+
+    providers: list[Corpus]
+    public: Corpus | None
+    labels: tuple[str, ...]
+    tokenizer: WordTokenizer
+
+
+def prepare(study: TextStudy) -> Prepared:
     providers, public = load_corpora(study)
     types = entity_types(s for p in providers for s in (*p.train, *p.test))
     if not types:
@@ -588,59 +602,113 @@ def run_text_study(study: TextStudy, out_dir: Path | None = None) -> TextStudyRe
     tokenizer = build_tokenizer(study)
     for corpus in (*providers, *([public] if public is not None else [])):
         _encode(corpus, tokenizer, labels, study.model)
-    ledgers = None
-    if study.privacy is not None:
-        if out_dir is None:
-            raise ConfigError("privacy: a DP study needs an output directory for its ledgers")
-        ledgers = open_ledgers([p.name for p in providers], study.privacy, out_dir / "ledgers")
+    return Prepared(providers, public, labels, tokenizer)
+
+
+@dataclass
+class SettingResult:
+    scores: dict[str, dict[str, dict[str, float]]]
+    """setting -> provider -> scores."""
+    round_seconds: dict[str, list[float]]
+    mlm_loss: list[float] = field(default_factory=list)
+
+
+def settings_of(study: TextStudy) -> list[str]:
+    """``federated`` (with ``federated+local``), then ``local:<provider>`` for each
+    provider, ``central_public`` and ``pooled`` as the study asks."""
+    out = ["federated"]
+    if "local" in study.baselines:
+        out += [f"local:{name}" for name in study.providers]
+    out += [s for s in ("central_public", "pooled") if s in study.baselines]
+    return out
+
+
+def run_setting(
+    study: TextStudy,
+    data: Prepared,
+    setting: str,
+    ledgers: Mapping[str, tuple[Ledger, bytes]] | None = None,
+) -> SettingResult:
+    """Train one setting (see :func:`settings_of`) and score it on the providers' tests."""
     model = build_model(
         study.model,
         "tagging",
-        vocab_size=tokenizer.vocab_size,
-        pad_id=tokenizer.pad_id,
-        num_labels=len(labels),
+        vocab_size=data.tokenizer.vocab_size,
+        pad_id=data.tokenizer.pad_id,
+        num_labels=len(data.labels),
         seed=study.study.seed,
+        device=study.study.device,
     )
-    scores: dict[str, dict[str, dict[str, float]]] = {}
-    times: dict[str, dict[str, list[float]]] = {}
 
     def score(weights: Mapping[str, np.ndarray], corpus: Corpus) -> dict[str, float]:
         set_weights(model, weights)
-        return tagging_scores(model, corpus, labels)
+        return tagging_scores(model, corpus, data.labels)
 
-    fed = run_pipeline(study, providers, tokenizer, labels, local_step=True, ledgers=ledgers)
-    times["federated"] = fed.round_seconds
-    scores["federated"] = {p.name: score(fed.weights, p) for p in providers}
-    if fed.personalized:
-        scores["federated+local"] = {p.name: score(fed.personalized[p.name], p) for p in providers}
-    epsilon = {n: float(led.epsilon_spent()) for n, (led, _) in (ledgers or {}).items()}
-    baseline_ledgers = (
-        open_ledgers([p.name for p in providers], study.privacy, out_dir / "baselines" / "ledgers")
-        if study.privacy is not None and out_dir is not None
-        else None
-    )
-    if "local" in study.baselines:
-        scores["local"] = {}
-        for p in providers:
-            own = {p.name: baseline_ledgers[p.name]} if baseline_ledgers else None
-            alone = run_pipeline(study, [p], tokenizer, labels, local_step=True, ledgers=own)
-            final = alone.personalized.get(p.name, alone.weights)
-            scores["local"][p.name] = score(final, p)
-            times[f"local/{p.name}"] = alone.round_seconds
-    if "central_public" in study.baselines:
-        assert public is not None
-        central = run_pipeline(study, [public], tokenizer, labels, local_step=False)
-        scores["central_public"] = {p.name: score(central.weights, p) for p in providers}
-        times["central_public"] = central.round_seconds
-    if "pooled" in study.baselines:
-        pooled = _pool(providers)
-        result = run_pipeline(study, [pooled], tokenizer, labels, local_step=False)
-        scores["pooled"] = {p.name: score(result.weights, p) for p in providers}
-        times["pooled"] = result.round_seconds
-    for owned in (*(ledgers or {}).values(), *(baseline_ledgers or {}).values()):
-        owned[0].close()
+    providers, labels, tokenizer = data.providers, data.labels, data.tokenizer
+    if setting == "federated":
+        fed = run_pipeline(study, providers, tokenizer, labels, local_step=True, ledgers=ledgers)
+        scores = {"federated": {p.name: score(fed.weights, p) for p in providers}}
+        if fed.personalized:
+            scores["federated+local"] = {
+                p.name: score(fed.personalized[p.name], p) for p in providers
+            }
+        return SettingResult(scores, fed.round_seconds, fed.mlm_loss)
+    if setting.startswith("local:"):
+        p = next((c for c in providers if c.name == setting[6:]), None)
+        if p is None:
+            raise ConfigError(f"setting {setting!r}: no such provider")
+        own = {p.name: ledgers[p.name]} if ledgers else None
+        alone = run_pipeline(study, [p], tokenizer, labels, local_step=True, ledgers=own)
+        final = alone.personalized.get(p.name, alone.weights)
+        return SettingResult({"local": {p.name: score(final, p)}}, alone.round_seconds)
+    if setting == "central_public":
+        if data.public is None:
+            raise ConfigError("central_public needs a [public] corpus")
+        central = run_pipeline(study, [data.public], tokenizer, labels, local_step=False)
+        scores = {"central_public": {p.name: score(central.weights, p) for p in providers}}
+        return SettingResult(scores, central.round_seconds)
+    if setting == "pooled":
+        pooled = run_pipeline(study, [_pool(providers)], tokenizer, labels, local_step=False)
+        return SettingResult(
+            {"pooled": {p.name: score(pooled.weights, p) for p in providers}},
+            pooled.round_seconds,
+        )
+    raise ConfigError(f"unknown setting {setting!r}; expected one of {settings_of(study)}")
+
+
+def run_text_study(study: TextStudy, out_dir: Path | None = None) -> TextStudyResult:
+    """The pipeline and the requested baselines; with ``out_dir``, ``results.json`` (and
+    the providers' ledgers under ``ledgers/``, the local-only baselines' under
+    ``baselines/ledgers/``) are written there."""
+    started = time.perf_counter()
+    torch.set_num_threads(study.study.threads)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare(study)
+    names = [p.name for p in data.providers]
+    ledgers = baseline_ledgers = None
+    if study.privacy is not None:
+        if out_dir is None:
+            raise ConfigError("privacy: a DP study needs an output directory for its ledgers")
+        ledgers = open_ledgers(names, study.privacy, out_dir / "ledgers")
+        baseline_ledgers = open_ledgers(names, study.privacy, out_dir / "baselines" / "ledgers")
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    times: dict[str, dict[str, list[float]]] = {}
+    mlm_loss: list[float] = []
+    try:
+        for setting in settings_of(study):
+            owned = ledgers if setting == "federated" else baseline_ledgers
+            result = run_setting(study, data, setting, owned)
+            for name, rows in result.scores.items():
+                scores.setdefault(name, {}).update(rows)
+            times[setting] = result.round_seconds
+            mlm_loss += result.mlm_loss
+        epsilon = {n: float(led.epsilon_spent()) for n, (led, _) in (ledgers or {}).items()}
+    finally:
+        for pair in (*(ledgers or {}).values(), *(baseline_ledgers or {}).values()):
+            pair[0].close()
     out = TextStudyResult(
-        scores, tuple(labels), times, epsilon, fed.mlm_loss, time.perf_counter() - started
+        scores, data.labels, times, epsilon, mlm_loss, time.perf_counter() - started
     )
     if out_dir is not None:
         atomic_write_json(out_dir / "results.json", out.to_json())

@@ -247,7 +247,11 @@ class TextModel(nn.Module):
         self.pad_id = pad_id
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Runs on the encoder's device (a GPU if the model was moved there) and returns
+        the logits on ``ids``' device, so CPU training loops work unchanged."""
         batch, tokens = ids.shape
+        home = ids.device
+        ids = ids.to(next(self.net.parameters()).device)
         # Contiguous (batch, tokens) position ids: Opacus needs them explicit.
         positions = torch.arange(tokens, device=ids.device).unsqueeze(0).repeat(batch, 1)
         out = self.net(
@@ -256,7 +260,7 @@ class TextModel(nn.Module):
             position_ids=positions,
         )
         logits: torch.Tensor = out.logits
-        return logits.transpose(1, 2)
+        return logits.transpose(1, 2).to(home)
 
 
 def build_model(
@@ -267,9 +271,11 @@ def build_model(
     pad_id: int,
     num_labels: int = 2,
     seed: int = 0,
+    device: str = "cpu",
 ) -> TextModel:
     """A tagging (``num_labels`` classes) or MLM model, pretrained or from scratch
-    (initialized from ``seed``). Word embeddings and the MLM decoder are untied, so every
+    (initialized from ``seed``), on ``device`` (``"cuda"``: non-private runs only, the
+    DP-SGD noise generator is on the CPU). Word embeddings and the MLM decoder are untied, so every
     Opacus mode applies and averaging treats them as separate weights."""
     from transformers import (
         AutoModelForMaskedLM,
@@ -286,7 +292,7 @@ def build_model(
             net = AutoModelForTokenClassification.from_pretrained(
                 spec.source, num_labels=num_labels
             )
-        return TextModel(net, pad_id)
+        return TextModel(net.to(device), pad_id)
     config_class = BertConfig if spec.architecture == "bert" else XLMRobertaConfig
     settings: dict[str, Any] = dict(
         vocab_size=vocab_size,
@@ -304,7 +310,8 @@ def build_model(
     )
     config = config_class(**settings)
     model_class = AutoModelForMaskedLM if task == "mlm" else AutoModelForTokenClassification
-    return TextModel(model_class.from_config(config), pad_id)  # type: ignore[no-untyped-call]
+    net = model_class.from_config(config)  # type: ignore[no-untyped-call]
+    return TextModel(net.to(device), pad_id)
 
 
 def shared_weights(source: Mapping[str, np.ndarray], target: nn.Module) -> dict[str, np.ndarray]:
