@@ -7,7 +7,9 @@ import os
 
 import typer
 
+from medsilo.cli import certs as certs_commands
 from medsilo.cli import datasets
+from medsilo.cli import deploy as deploy_commands
 from medsilo.cli import ledger as ledger_commands
 from medsilo.cli import run as run_commands
 from medsilo.cli.audit import audit as audit_command
@@ -35,3 +37,6 @@ app.command()(run_commands.report)
 app.command()(audit_command)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(ledger_commands.app, name="ledger")
+app.add_typer(certs_commands.app, name="certs")
+app.add_typer(deploy_commands.coordinator_app, name="coordinator")
+app.add_typer(deploy_commands.site_app, name="site")

@@ -86,7 +86,17 @@ class BaselinesSection(_Section):
 
 
 class EngineSection(_Section):
-    name: Literal["local"] = "local"
+    """``[engine]``: ``local`` (one process), ``flower`` (SuperLink + one SuperNode per
+    site, ``medsilo coordinator start``) or ``flower-sim`` (Flower's simulation runtime)."""
+
+    name: Literal["local", "flower", "flower-sim"] = "local"
+    sites: list[str] = Field(default_factory=list)
+    """``flower``: the sites expected to connect, in the study's site order."""
+    join_timeout: float = Field(default=120.0, gt=0)
+    train_timeout: float = Field(default=600.0, gt=0)
+    secagg_timeout: float = Field(default=60.0, gt=0)
+    evaluate_timeout: float = Field(default=300.0, gt=0)
+    """``flower``: seconds each stage waits for the sites (stragglers are dropped)."""
 
 
 class StudyConfig(_Section):

@@ -1,0 +1,168 @@
+"""medsilo's messages as Flower ``RecordDict`` contents (the ``flower`` engines' wire format).
+
+A message becomes a tree of plain values (dicts, lists, str, int, float, bool, None, bytes,
+numpy arrays). Every array and every ``bytes`` value travels as a Flower ``Array`` in one
+``ArrayRecord`` (bytes as a 1-D ``uint8`` array); the rest of the tree is a JSON skeleton in
+a ``ConfigRecord`` that names them. Flower 1.41 splits each ``Array`` into ``ArrayChunk``
+objects of at most ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE`` bytes (5 MiB) that are pushed and
+pulled one by one, so a large model never has to fit in one gRPC/HTTP message
+(flower#3006). Nothing is pickled: a peer can only send data, never code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any, cast
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from medsilo.fed.messages import (
+    EvaluateRequest,
+    Evaluation,
+    Refusal,
+    RoundPlan,
+    TrainConfig,
+    Update,
+)
+from medsilo.fed.secure import SecAggRound
+from medsilo.secagg import messages as secagg_messages
+from medsilo.secagg.quantize import Quantizer
+
+ARRAYS = "arrays"
+SKELETON = "skeleton"
+
+
+class WireError(ValueError):
+    """A received record is not a medsilo message."""
+
+
+def pack(value: object) -> RecordDict:
+    """A plain-value tree as a RecordDict (arrays and bytes in an ArrayRecord)."""
+    arrays: dict[str, Array] = {}
+
+    def walk(item: object) -> object:
+        if isinstance(item, np.ndarray):
+            key = str(len(arrays))
+            arrays[key] = Array(np.ascontiguousarray(item))
+            return {"$a": key, "shape": list(item.shape)}  # Flower stores 0-d as (1,)
+        if isinstance(item, bytes):
+            key = str(len(arrays))
+            arrays[key] = Array(np.frombuffer(item, dtype=np.uint8).copy())
+            return {"$b": key}
+        if isinstance(item, Mapping):
+            return {"$d": [[str(k), walk(v)] for k, v in item.items()]}
+        if isinstance(item, list | tuple):
+            return [walk(v) for v in item]
+        if isinstance(item, np.generic):
+            return item.item()
+        if item is None or isinstance(item, str | int | float | bool):
+            return item
+        raise TypeError(f"cannot put a {type(item).__name__} on the wire")
+
+    skeleton = json.dumps(walk(value))
+    return RecordDict(
+        {SKELETON: ConfigRecord({SKELETON: skeleton}), ARRAYS: ArrayRecord(array_dict=arrays)}
+    )
+
+
+def unpack(content: RecordDict) -> Any:
+    """The tree :func:`pack` made; raises :class:`WireError` on anything else."""
+    try:
+        skeleton = content.config_records[SKELETON][SKELETON]
+        arrays = content.array_records[ARRAYS]
+    except KeyError as exc:
+        raise WireError(f"not a medsilo message (missing {exc})") from None
+    if not isinstance(skeleton, str):
+        raise WireError("not a medsilo message (skeleton is not text)")
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, dict):
+            if "$a" in item:
+                return arrays[item["$a"]].numpy().reshape(item["shape"])
+            if "$b" in item:
+                return arrays[item["$b"]].numpy().tobytes()
+            return {k: walk(v) for k, v in item["$d"]}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        return item
+
+    try:
+        return walk(json.loads(skeleton))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WireError(f"malformed medsilo message: {exc}") from None
+
+
+# --- medsilo's round messages as plain trees ------------------------------------------
+
+
+def encode(message: object) -> dict[str, Any]:
+    """A round message (plan, update, refusal, evaluation) or a secure-aggregation stage
+    message as a plain tree with its kind."""
+    if isinstance(message, RoundPlan):
+        secagg = message.secagg
+        return {
+            "kind": "RoundPlan",
+            "round": message.round,
+            "weights": dict(message.weights),
+            "config": dataclasses.asdict(message.config),
+            "secagg": (
+                None
+                if not isinstance(secagg, SecAggRound)
+                else {
+                    "quantizer": dataclasses.asdict(secagg.quantizer),
+                    "keys": list(secagg.keys),
+                    "mask_keys": list(secagg.mask_keys),
+                }
+            ),
+            "sparse": message.sparse,
+        }
+    if isinstance(message, Update | Refusal | EvaluateRequest | Evaluation):
+        fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+        return {"kind": type(message).__name__, **fields}
+    return {
+        "kind": "SecAgg",
+        "body": secagg_messages.to_dict(cast(secagg_messages.Message, message)),
+    }
+
+
+def decode(tree: Any) -> Any:
+    """The message :func:`encode` made (secure-aggregation messages are validated by
+    :func:`medsilo.secagg.messages.from_dict`)."""
+    if not isinstance(tree, dict):
+        raise WireError(f"expected a message, got {type(tree).__name__}")
+    kind = tree.get("kind")
+    if kind == "SecAgg":
+        return secagg_messages.from_dict(tree.get("body") or {})
+    body = {k: v for k, v in tree.items() if k != "kind"}
+    try:
+        if kind == "RoundPlan":
+            secagg = body["secagg"]
+            return RoundPlan(
+                round=int(body["round"]),
+                weights=body["weights"],
+                config=TrainConfig(**body["config"]),
+                secagg=(
+                    None
+                    if secagg is None
+                    else SecAggRound(
+                        Quantizer(**secagg["quantizer"]),
+                        tuple(secagg["keys"]),
+                        tuple(secagg["mask_keys"]),
+                    )
+                ),
+                sparse=body["sparse"],
+            )
+        if kind == "Update":
+            return Update(**body)
+        if kind == "Refusal":
+            return Refusal(**body)
+        if kind == "EvaluateRequest":
+            return EvaluateRequest(**body)
+        if kind == "Evaluation":
+            return Evaluation(**body)
+    except (KeyError, TypeError) as exc:
+        raise WireError(f"malformed {kind} message: {exc}") from None
+    raise WireError(f"unknown message kind {kind!r}")
