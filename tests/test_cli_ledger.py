@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medsilo.cli.ledger import app
-from medsilo.privacy.events import DpSgdEvent
+from medsilo.privacy.events import DpSgdEvent, SkellamEvent
 from medsilo.privacy.ledger import LEDGER_FILENAME, Budget, Ledger, Release
 
 runner = CliRunner()
@@ -96,3 +96,18 @@ def test_verify_missing_or_garbage_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["verify", str(tmp_path)])
     assert result.exit_code == 2 and "not a readable SQLite ledger" in result.output
     assert garbage.read_bytes() == b"\x00garbage" * 512  # left as it was, for investigation
+
+
+def test_show_lists_outcomes_and_the_colluders_epsilon(tmp_path: Path) -> None:
+    planned, own = SkellamEvent(9e4, 30.0, 900.0, 0.1), SkellamEvent(3e4, 30.0, 900.0, 0.1)
+    with Ledger.open(tmp_path / "site", site="A", budget=Budget(50.0, 1e-5)) as ledger:
+        entry = ledger.record(
+            Release.of_payload(round=1, event=planned, clip=1.0, payload=b"m", collusion_event=own)
+        )
+        ledger.record_outcome(entry.seq, SkellamEvent(1.2e5, 30.0, 900.0, 0.1), note="4 shares")
+        colluding = ledger.epsilon_spent(view="collusion")
+    result = CliRunner().invoke(app, ["show", str(tmp_path / "site")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "→#2" in result.output and f"colluding  {colluding:.4g}" in result.output
+    shown = CliRunner().invoke(app, ["show", str(tmp_path / "site"), "--json"])
+    assert json.loads(shown.output)["epsilon_spent_collusion"] == pytest.approx(colluding)

@@ -52,6 +52,12 @@ def show(path: PathArg, as_json: JsonOpt = False, accountant: AccountantOpt = No
         entries = ledger.entries()
         budget = ledger.budget
         spent = ledger.epsilon_spent()
+        # Distributed DP: the same releases against the coordinator and all other sites.
+        colluding = (
+            ledger.epsilon_spent(view="collusion")
+            if any(e.collusion is not None for e in entries)
+            else None
+        )
         seq, head = ledger.head()
         if as_json:
             typer.echo(
@@ -63,6 +69,7 @@ def show(path: PathArg, as_json: JsonOpt = False, accountant: AccountantOpt = No
                         "accountant": ledger.accountant,
                         "epsilon_spent": spent,
                         "epsilon_remaining": budget.epsilon - spent,
+                        "epsilon_spent_collusion": colluding,
                         "head": {"seq": seq, "hash": head},
                         "entries": [e.to_dict() for e in entries],
                     },
@@ -72,7 +79,9 @@ def show(path: PathArg, as_json: JsonOpt = False, accountant: AccountantOpt = No
             return
         table = Table(
             title=f"Ledger of site {ledger.site}  ({ledger.path})",
-            caption="eps: cumulative epsilon after the release; hash: the row's chain hash",
+            caption="eps: cumulative epsilon after the release (against the coordinator); an "
+            "outcome row settles a distributed-DP release with the noise that reached the sum; "
+            "hash: the row's chain hash",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
             collapse_padding=True,
@@ -93,14 +102,20 @@ def show(path: PathArg, as_json: JsonOpt = False, accountant: AccountantOpt = No
         for column, justify in columns:
             table.add_column(column, justify=justify)
         for entry in entries:
-            if entry.kind == "release":
+            if entry.kind != "budget":
                 table.add_row(*_cells(entry))
         console.print(table)
         console.print(
             f"budget     epsilon {budget.epsilon:g}, delta {budget.delta:g}\n"
             f"spent      {spent:.4g} ({ledger.accountant}), "
             f"remaining {budget.epsilon - spent:.4g}\n"
-            f"head       #{seq} {head[:16]}",
+            + (
+                f"colluding  {colluding:.4g} if the coordinator and every other site "
+                "collude (this site's own noise shares only)\n"
+                if colluding is not None
+                else ""
+            )
+            + f"head       #{seq} {head[:16]}",
             highlight=False,
             markup=False,
         )
@@ -148,6 +163,12 @@ def verify(path: PathArg, as_json: JsonOpt = False) -> None:
 
 
 def _cells(entry: LedgerEntry) -> list[str]:
+    if entry.kind == "outcome":  # sigma: the noise that reached the sum, or an abort
+        reached = entry.reached
+        sigma = "aborted" if reached is None else f"{reached.noise_multiplier:.4g}"
+        eps = f"{entry.epsilon_after:.4f}"
+        head = [str(entry.seq), str(entry.round), f"→#{entry.refers_to}", "", sigma]
+        return [*head, "", "", eps, "", "", entry.hash[:8]]
     return [
         str(entry.seq),
         str(entry.round),
