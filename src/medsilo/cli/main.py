@@ -8,10 +8,12 @@ import os
 import typer
 
 from medsilo.cli import certs as certs_commands
+from medsilo.cli import clone as clone_commands
 from medsilo.cli import datasets
 from medsilo.cli import deploy as deploy_commands
 from medsilo.cli import ledger as ledger_commands
 from medsilo.cli import run as run_commands
+from medsilo.cli import text as text_commands
 from medsilo.cli.audit import audit as audit_command
 
 # Flower must never install dependencies at run time (it pulls a CUDA torch) or phone home.
@@ -37,6 +39,9 @@ app.command()(run_commands.report)
 app.command()(audit_command)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(ledger_commands.app, name="ledger")
+app.add_typer(clone_commands.app, name="clone")
+app.add_typer(clone_commands.schema_app, name="schema")
 app.add_typer(certs_commands.app, name="certs")
 app.add_typer(deploy_commands.coordinator_app, name="coordinator")
 app.add_typer(deploy_commands.site_app, name="site")
+app.add_typer(text_commands.app, name="text")
