@@ -24,6 +24,7 @@ rejoins at the next round; an exception at a site comes back as a Flower error r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sys
@@ -87,6 +88,16 @@ class Backoff:
     def wait(self) -> None:
         time.sleep(min(self.slow, self.fast * 2.0 ** min(self.idle, 16)))
         self.idle += 1
+
+
+def fast_object_pulls(module: Any, name: str = "pull_objects") -> None:
+    """Flower 1.41 pulls a message's objects with retries that start at 1 s and double
+    (``PULL_INITIAL_BACKOFF``): a message whose objects are still being uploaded costs a
+    second or more. Start at 5 ms, cap at 0.2 s, in ``module`` (Flower's Grid, SuperNode
+    or ClientApp runtime)."""
+    pull = getattr(module, name)
+    if not isinstance(pull, functools.partial):
+        setattr(module, name, functools.partial(pull, initial_backoff=0.005, backoff_cap=0.2))
 
 
 def study_id(study_text: str) -> str:
@@ -165,6 +176,9 @@ class FlowerEngine:
     retry_hello: float = 5.0
 
     def __post_init__(self) -> None:
+        from flwr.superlink.grid import http_grid
+
+        fast_object_pulls(http_grid)
         self.exchange = Exchange(self.grid, self.poll)
         self._tried: dict[int, float] = {}
 
@@ -441,11 +455,14 @@ def serve_site(
     )
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime import run_clientapp
     from flwr.supernode.runtime.run_clientapp import (
         pull_task_input,
         push_message,
         push_task_output,
     )
+
+    fast_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree")
 
     def connect(*interceptors: Any) -> Any:
         return RuntimeHttpClient.from_server_address(
@@ -507,6 +524,7 @@ def run_supernode(argv: Sequence[str], fast: float = 0.005, slow: float = 0.2) -
             backoff.reset()
             time.sleep(fast)
 
+    fast_object_pulls(start_client_internal)
     shim = types.SimpleNamespace(**vars(time))
     shim.sleep = sleep
     setattr(start_client_internal, "time", shim)  # noqa: B010
