@@ -86,10 +86,10 @@ class BaselinesSection(_Section):
 
 
 class EngineSection(_Section):
-    """``[engine]``: ``local`` (one process), ``flower`` (SuperLink + one SuperNode per
-    site, ``medsilo coordinator start``) or ``flower-sim`` (Flower's simulation runtime)."""
+    """``[engine]``: ``local`` (one process) or ``flower`` (SuperLink + one SuperNode per
+    site: ``medsilo coordinator start`` / ``medsilo site start``, docs/deployment.md)."""
 
-    name: Literal["local", "flower", "flower-sim"] = "local"
+    name: Literal["local", "flower"] = "local"
     sites: list[str] = Field(default_factory=list)
     """``flower``: the sites expected to connect, in the study's site order."""
     join_timeout: float = Field(default=120.0, gt=0)
