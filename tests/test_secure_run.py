@@ -140,3 +140,7 @@ def test_secure_run_counts_the_masked_vectors_uploaded(tmp_path: Path) -> None:
     # Every one of the 4 sites' masked vectors reached the coordinator: dim elements of
     # 32 bits each.
     assert round_record["bytes_up"] == 4 * dim * 4
+    # The whole session: keys, encrypted shares, signatures and unmasking shares as well
+    # (4 sites, complete graph: each sends 3 encrypted shares and reveals shares).
+    assert round_record["secagg_bytes_up"] > round_record["bytes_up"] + 4 * 3 * 64
+    assert round_record["secagg_bytes_down"] > 4 * 3 * 64

@@ -8,7 +8,7 @@ uses a generator derived from (seed, round), so a resumed run picks the same sit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -37,7 +37,7 @@ from medsilo.fed.strategies import ServerState, StrategySpec, pseudo_gradient, s
 from medsilo.privacy.dpsgd import secret_seed
 from medsilo.privacy.skellam import decode_sum
 from medsilo.secagg.errors import AbortError
-from medsilo.secagg.messages import MaskedInput, ToCoordinator, ToSite
+from medsilo.secagg.messages import MaskedInput, ToCoordinator, ToSite, content_bytes
 from medsilo.secagg.server import CoordinatorState, Finished, coordinator_step, start
 
 
@@ -79,6 +79,7 @@ class Coordinator:
         self._round_secagg: SecAggRound | None = None
         self._session: CoordinatorState | None = None
         self._masked_bytes = 0
+        self._secagg_bytes = {"secagg_bytes_up": 0, "secagg_bytes_down": 0}
         self.secagg_log: dict[str, object] = {}
         """What the coordinator saw of the last session (for the report)."""
         self.lottery: LotteryServer | None = None
@@ -91,7 +92,9 @@ class Coordinator:
         ``dense_bytes_down`` / ``dense_bytes_up``, what dense float32 FedAvg messages of
         the same model would have taken. Under secure aggregation ``bytes_up`` counts the
         masked vectors that reached the coordinator, packed at ceil(bits/8) bytes per
-        element (the session's keys, encrypted shares and signatures are not counted)."""
+        element. ``secagg_bytes_up`` / ``secagg_bytes_down`` count every message of the
+        session (keys, encrypted shares, masked vectors, signatures, unmasking shares; their
+        content, :func:`medsilo.secagg.messages.content_bytes`)."""
 
     def select(self, round_: int) -> list[str]:
         """Sites asked to train in ``round_``: ceil(fraction * K), at least min_sites."""
@@ -111,6 +114,7 @@ class Coordinator:
             raise ValueError(f"round {round_} planned after {self.rounds_done} completed rounds")
         selected = self.select(round_)
         self._round_secagg, self._session, self.secagg_log = None, None, {}
+        self._secagg_bytes = {"secagg_bytes_up": 0, "secagg_bytes_down": 0}
         if self.secagg is not None:
             distributed = self.distributed
             self._round_secagg = SecAggRound(
@@ -167,6 +171,7 @@ class Coordinator:
         config = session_config(self.secagg, participants, dim, rng, min_threshold=needed)
         self.secagg_log.update(threshold=config.threshold, degree=config.graph.degree)
         self._session, setup = start(config, {s: self.verify_keys[s] for s in participants})
+        self._count_secagg("secagg_bytes_down", setup.values())
         return dict(setup)
 
     def secagg_step(self, inbox: Sequence[ToCoordinator]) -> dict[str, ToSite]:
@@ -176,6 +181,7 @@ class Coordinator:
         self._masked_bytes += sum(
             m.vector.size * per_element for m in inbox if isinstance(m, MaskedInput)
         )
+        self._count_secagg("secagg_bytes_up", inbox)
         try:
             self._session, outbox = coordinator_step(self._session, inbox)
         except AbortError as error:  # fewer than t survived: release nothing
@@ -185,7 +191,12 @@ class Coordinator:
         if isinstance(self._session, Finished):
             self.secagg_log["survivors"] = list(self._session.survivors)
             return {}
+        self._count_secagg("secagg_bytes_down", outbox.values())
         return outbox
+
+    def _count_secagg(self, key: str, messages: Iterable[ToCoordinator | ToSite]) -> None:
+        assert self.secagg is not None
+        self._secagg_bytes[key] += sum(content_bytes(m, self.secagg.bits) for m in messages)
 
     def aggregate(self, round_: int, replies: Sequence[Update | Refusal]) -> bool:
         """Apply the round's updates; returns False when the round was skipped because
@@ -198,6 +209,7 @@ class Coordinator:
         self.traffic["dense_bytes_up"] = sparse.dense_bytes(self.weights) * len(updates)
         if any(u.masked for u in updates):  # masked updates travel in the session
             self.traffic["bytes_up"] = self._masked_bytes
+            self.traffic.update(self._secagg_bytes)
         else:
             self.traffic["bytes_up"] = sum(
                 len(u.sparse) if u.sparse is not None else sparse.dense_bytes(u.delta)

@@ -69,6 +69,7 @@ def traffic_table(history: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rounds = history[(history["kind"] == "round") & history["bytes_down"].notna()]
     columns = ["round", "bytes_down", "bytes_up", "dense_bytes_down", "dense_bytes_up"]
+    columns += [c for c in ("secagg_bytes_down", "secagg_bytes_up") if c in rounds]
     return rounds[[c for c in columns if c in rounds]].reset_index(drop=True)
 
 

@@ -323,6 +323,34 @@ def to_dict(message: Message) -> dict[str, Any]:
     return {"kind": type(message).__name__, **_plain(message)}
 
 
+def content_bytes(message: Message, bits: int) -> int:
+    """Bytes of ``message``'s content, without framing: byte strings and names at their
+    length, integers at 8 bytes, ring vectors at ceil(bits / 8) bytes per element (what
+    any encoding must carry at least; an engine's wire format adds its own framing).
+
+    >>> content_bytes(MaskedInput(bytes(32), "a", np.zeros(10, np.uint64)), 32)
+    73
+    """
+    per_element = -(-bits // 8)
+
+    def size(value: Any) -> int:
+        if isinstance(value, np.ndarray):
+            return int(value.size) * per_element
+        if isinstance(value, bytes | bytearray):
+            return len(value)
+        if isinstance(value, str):
+            return len(value.encode())
+        if isinstance(value, bool | int | float):
+            return 8
+        if isinstance(value, Mapping):  # a dataclass's fields: names are framing
+            return sum(size(v) for v in value.values())
+        if isinstance(value, list | tuple | set | frozenset):
+            return sum(size(item) for item in value)
+        raise TypeError(f"cannot size a {type(value).__name__} in a secure-aggregation message")
+
+    return size(_plain(message))
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
