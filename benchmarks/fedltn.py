@@ -15,8 +15,11 @@ Datasets (medsilo's built-ins, partitioned with ``medsilo.data.federate``):
   number kept is reported);
 * ``heart`` (UCI Heart Disease), its 4 natural hospitals.
 
-Models: retina, medsilo's GroupNorm CNN (``model.name = "cnn"``, channels (16, 32), 4
-groups; 5,349 parameters, of which 96 are GroupNorm); heart, an MLP with one hidden
+Models: retina, medsilo's GroupNorm CNN (``model.name = "cnn"``, channels (32, 64), 4
+groups; 19,909 parameters, of which 293 (biases and GroupNorm, 1.5%) are never pruned: at
+90% sparsity of the rest the model can be at most 8.8x smaller by nonzeros. The first
+run used channels (16, 32), where those 149 of 5,349 parameters (2.8%) capped it at
+8.0x, so that the ">= 8x" goal could only be missed); heart, an MLP with one hidden
 layer of 32 (no normalization layer, so FedBN *is* FedAvg there and is not run).
 
 How each setting runs (one process, one thread):
@@ -98,7 +101,7 @@ SETUPS = (
         "retina k-classes (shards, 2 of 5 grades per site), 10 sites",
         'dataset = "retina"\npartition = "shards"\nnum_sites = 10\nclasses_per_site = 2\n'
         'on_invalid_site = "drop"\nmin_site_rows = 20',
-        'name = "cnn"\nchannels = [16, 32]\ngroups = 4',
+        'name = "cnn"\nchannels = [32, 64]\ngroups = 4',
         rounds=15,
         lr=0.05,
         batch=16,
@@ -108,7 +111,7 @@ SETUPS = (
         "retina Dirichlet alpha=0.1, 10 sites",
         'dataset = "retina"\npartition = "dirichlet"\nalpha = 0.1\nnum_sites = 10\n'
         'on_invalid_site = "drop"\nmin_site_rows = 20',
-        'name = "cnn"\nchannels = [16, 32]\ngroups = 4',
+        'name = "cnn"\nchannels = [32, 64]\ngroups = 4',
         rounds=15,
         lr=0.05,
         batch=16,
@@ -118,7 +121,7 @@ SETUPS = (
         "retina Dirichlet alpha=0.1, 20 sites",
         'dataset = "retina"\npartition = "dirichlet"\nalpha = 0.1\nnum_sites = 20\n'
         'on_invalid_site = "drop"\nmin_site_rows = 10',
-        'name = "cnn"\nchannels = [16, 32]\ngroups = 4',
+        'name = "cnn"\nchannels = [32, 64]\ngroups = 4',
         rounds=15,
         lr=0.05,
         batch=16,
