@@ -108,6 +108,12 @@ def rho_for(epsilon: float, delta: float) -> float:
             lo = rho
         else:
             hi = rho
+    if lo <= 0:
+        raise ConfigError(
+            f"epsilon={epsilon:g} is too small for delta={delta:g}: no noise level reaches it "
+            f"under the ledger's RDP accountant (its floor here is {epsilon_of(0.0, delta):.3g}"
+            "); raise epsilon"
+        )
     return lo
 
 

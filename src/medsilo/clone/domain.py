@@ -85,9 +85,10 @@ def read_csv(path: str | Path) -> pd.DataFrame:
 
 
 def check_columns(frame: pd.DataFrame, schema: CloneSchema, source: str) -> None:
-    """The file must have exactly the schema's columns (any order) and at least 2 rows."""
+    """The file must have the schema's columns (any order; identifier columns may be
+    absent, as in a clone) and nothing else, and at least 2 rows."""
     present = list(frame.columns)
-    missing = [c for c in schema.columns if c not in present]
+    missing = [c for c in schema.synthesized if c not in present]
     if missing:
         hints = []
         for col in missing:
