@@ -9,7 +9,6 @@ import typer
 
 from medsilo.cli import certs as certs_commands
 from medsilo.cli import clone as clone_commands
-from medsilo.cli import clone as clone_commands
 from medsilo.cli import datasets
 from medsilo.cli import deploy as deploy_commands
 from medsilo.cli import ledger as ledger_commands
@@ -40,8 +39,6 @@ app.command()(run_commands.report)
 app.command()(audit_command)
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(ledger_commands.app, name="ledger")
-app.add_typer(clone_commands.app, name="clone")
-app.add_typer(clone_commands.schema_app, name="schema")
 app.add_typer(clone_commands.app, name="clone")
 app.add_typer(clone_commands.schema_app, name="schema")
 app.add_typer(certs_commands.app, name="certs")
