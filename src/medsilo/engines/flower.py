@@ -464,19 +464,29 @@ def serve_site(
 
     fast_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree")
 
-    def connect(*interceptors: Any) -> Any:
+    def connect(*interceptors: Any, tries: int | None = None) -> Any:
+        invoker = make_simple_http_retry_invoker()
+        if tries is not None:
+            invoker.max_tries = tries
         return RuntimeHttpClient.from_server_address(
             server_address=runtime_address,
             insecure=True,
             root_certificates=None,
             interceptors=list(interceptors),
-            retry_invoker=make_simple_http_retry_invoker(),
+            retry_invoker=invoker,
         )
 
-    tasks = connect(RuntimeVersionHttpInterceptor(component_name="SuperExec"))
+    # one try per poll: when the SuperNode is gone (refused, stopped) ``stop`` says so
+    tasks = connect(RuntimeVersionHttpInterceptor(component_name="SuperExec"), tries=1)
     backoff = Backoff(poll, 0.2)
     while not stop():
-        acquired = tasks.AcquireTask(AcquireTaskRequest(supported_task_types=["flwr-clientapp"]))
+        try:
+            acquired = tasks.AcquireTask(
+                AcquireTaskRequest(supported_task_types=["flwr-clientapp"])
+            )
+        except Exception:  # the SuperNode's Runtime API is not (or no longer) up
+            backoff.wait()
+            continue
         if not (acquired.HasField("task") and acquired.token):
             backoff.wait()
             continue
