@@ -184,7 +184,7 @@ class Control:
                 RegisterNodeRequest(public_key=try_load_public_key(key), name=name)
             )
         except Exception as exc:  # the SuperLink refuses a key it already holds
-            if "already" in str(exc).lower():
+            if "already" in str(exc).lower() or "412" in str(exc):  # restarted SuperLink
                 return f"site {name!r}: key already registered"
             raise MedsiloError(f"registering site {name!r} ({key}) failed: {exc}") from exc
         return f"site {name!r}: registered as node {response.node_id}"
