@@ -117,6 +117,7 @@ def releases(loop: Loopback, name: str) -> list[int]:
 
 
 @bounded(300)
+@pytest.mark.slow  # real processes, about 2 minutes: opt-in (pytest -m slow)
 def test_dp_secure_study_on_flower_equals_local_and_refuses_unknown_node(tmp_path: Path) -> None:
     local_ledgers = tmp_path / "local-ledgers"
     with Loopback(tmp_path / "flower", study("flower"), SITES, DATA) as loop:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import heart_study_text, study_text, tiny_data_section, tiny_frame, write_csv
+from medsilo.errors import ConfigError
 from medsilo.report.rundir import load_arrays
 from medsilo.study.run import RunResult, collect, resume_run, run_study, run_study_text
 
@@ -193,3 +194,10 @@ def test_no_validation_split_evaluates_on_test_only(
     assert set(evals["split"]) == {"test"}
     assert len(evals) == 2 * 3  # rounds x sites
     assert len(result.per_site) == 3
+
+
+def test_run_refuses_a_flower_study_with_the_command_to_use(tmp_path: Path) -> None:
+    text = '[study]\nname = "f"\nrounds = 1\n[data]\ndataset = "heart"\n[engine]\nname = "flower"\n'
+    with pytest.raises(ConfigError, match="medsilo coordinator start"):
+        run_study_text(text, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
