@@ -404,7 +404,7 @@ class Site:
                 )
         before = self._secagg
         self._secagg, reply = site_step(self._secagg, message)
-        if dp is not None and isinstance(before, SiteSigned) and self._pending_release:
+        if dp is not None and isinstance(before, SiteSigned) and self._pending_release is not None:
             # Unmasking now releases the sum of the signed survivors' inputs: exactly
             # that many noise shares reached it (at least t, or the session aborts).
             reached = dp.event(len(before.survivors))

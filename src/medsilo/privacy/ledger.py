@@ -226,10 +226,14 @@ class Release:
             raise check.fail("event", f"a privacy event ({names})", self.event)
         if self.collusion_event is not None:
             if not isinstance(self.collusion_event, EVENT_TYPES):
-                raise check.fail("collusion_event", f"a privacy event ({names})", self.event)
+                raise check.fail(
+                    "collusion_event", f"a privacy event ({names})", self.collusion_event
+                )
             if self.collusion_event.unit != self.event.unit:
                 raise check.fail(
-                    "collusion_event", f"of the event's unit {self.event.unit!r}", self.event
+                    "collusion_event",
+                    f"of the event's unit {self.event.unit!r}",
+                    self.collusion_event,
                 )
         if self.clip is not None:
             object.__setattr__(self, "clip", check.positive("clip", self.clip))
