@@ -277,3 +277,22 @@ def test_expanded_weights_and_hooks_give_the_same_dp_sgd(q: float) -> None:
     torch.testing.assert_close(run("ew"), run("hooks"), rtol=1e-5, atol=1e-6)
     assert grad_sample_mode_for(nn.Sequential(nn.Flatten(), nn.Linear(5, 2))) == "ew"
     assert grad_sample_mode_for(nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4))) == "hooks"
+
+
+def test_dp_baselines_record_the_epsilon_they_spent(tmp_path: Path) -> None:
+    """The pooled-DP and local-only-DP baselines are calibrated to the study's target: the
+    baselines file says what each spent, and the pooled one's plan composes to it."""
+    extra = "[baselines]\nlocal_only = true\npooled = true\n"
+    text = HEART_DP.format(rounds=1, extra="").replace(
+        "[baselines]\nlocal_only = false\npooled = false\n", extra
+    )
+    result = run_study_text(text, tmp_path / "run")
+    spent = json.loads((result.run_dir / "baselines.json").read_text())["privacy"]
+    sites = json.loads((result.run_dir / "run.json").read_text())["privacy"]["sites"]
+    assert set(spent) == {"pooled", *(f"local_only/{s}" for s in sites)}
+    pooled = spent["pooled"]
+    event = DpSgdEvent(pooled["sample_rate"], pooled["noise_multiplier"], pooled["steps"])
+    assert pooled["epsilon"] == pytest.approx(epsilon_after([event], 1e-4, "rdp"), rel=1e-9)
+    for plan in spent.values():
+        assert 0.9 < plan["epsilon"] <= 1.0  # calibrated to the target, never above it
+    assert set(result.per_site["setting"]) == {"federated", "local_only", "pooled"}

@@ -25,7 +25,9 @@ from medsilo.data.types import FederatedData, SiteData
 from medsilo.fed.messages import TrainConfig
 from medsilo.fed.site import derive_seed
 from medsilo.fed.training import evaluate, train_local
+from medsilo.privacy.accounting import AccountantName, epsilon_after
 from medsilo.privacy.dpsgd import secret_seed, train_dpsgd
+from medsilo.privacy.events import DpSgdEvent
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,21 @@ class BaselineDp:
     clip: float
     steps: int
     secret: bytes
+
+    def summary(self, delta: float, accountant: AccountantName) -> dict[str, float]:
+        """JSON-ready, for the run's baselines file: the plan and the epsilon it spends at
+        ``delta`` (a subsampled Gaussian composed ``steps`` times, as a site's DP-SGD)."""
+        event = DpSgdEvent(
+            sample_rate=self.sample_rate, noise_multiplier=self.noise_multiplier, steps=self.steps
+        )
+        return {
+            "sample_rate": self.sample_rate,
+            "noise_multiplier": self.noise_multiplier,
+            "clip": self.clip,
+            "steps": self.steps,
+            "delta": delta,
+            "epsilon": epsilon_after([event], delta, accountant),
+        }
 
 
 def _tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

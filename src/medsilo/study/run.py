@@ -457,6 +457,17 @@ def _run_baselines(fed: Federation, run_dir: RunDirectory, notify: ProgressFn) -
             fed.data, fed.model_factory, config.baseline_config(), seed, pooled_dp
         )
         notify("baseline", {"setting": "pooled", "site": "all"})
+    if fed.privacy is not None and (local_dp or pooled_dp):  # what each DP baseline spent
+        spec = fed.privacy.spec
+        assert spec.delta is not None
+        plans = {"pooled": pooled_dp} if config.baselines.pooled else {}
+        if config.baselines.local_only:
+            plans.update({f"local_only/{name}": dp for name, dp in local_dp.items()})
+        out["privacy"] = {
+            name: dp.summary(spec.delta, spec.accountant)
+            for name, dp in plans.items()
+            if dp is not None
+        }
     atomic_write_json(run_dir.path / BASELINES_FILE, out)
 
 
