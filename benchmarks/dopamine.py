@@ -9,11 +9,13 @@ the same ordering as the paper's: Dopamine within 1.5 points of CDP at equal eps
 clearly above FPDP at equal epsilon.
 
 Data: the built-in ``retina`` (RetinaMNIST 28x28, 1,600 images, 5 grades), ``iid`` over
-10 sites (each site: its own 25% test split, 10% validation); the 1-site settings (C,
-CDP) see the same rows as one site. Model: medsilo's GroupNorm CNN (channels 16, 32;
-5,349 weights). Metrics: the mean over sites of each site's test accuracy and QWK of the
-final global model; mean ± sd over seeds 0-4 (the seed fixes the split and the initial
-weights; DP noise comes from fresh site secrets by design).
+10 sites (each site: its own 25% test split, 10% validation). Every setting uses the same
+split for a seed: C and CDP are the pooled baseline of a 10-site study (one model on the
+10 sites' training rows concatenated, tested on each site's own test split), so a paired
+difference compares the same training rows, test rows and initial weights. Model:
+medsilo's GroupNorm CNN (channels 16, 32; 5,349 weights). Metrics: the mean over sites of
+each site's test accuracy and QWK of the final model; mean ± sd over seeds 0-4 (the seed
+fixes the split and the initial weights; DP noise comes from fresh site secrets by design).
 
 Protocols, the same total expected batch (10 B records per step, B = ``--site-batch``,
 10 by default) and lr in every setting:
@@ -24,13 +26,17 @@ Protocols, the same total expected batch (10 B records per step, B = ``--site-ba
   is calibrated for 9 shares, 10 reach the sum, so epsilon ends below the target; 0 plans
   for all 10, as Dopamine does, and any dropout aborts the round), Skellam noise
   calibrated by medsilo to the target epsilon.
-* CDP: one site holding all training rows, ``mode = "local"`` (DP-SGD, Opacus), batch
-  10 B, local momentum 0.9, rounds of one local epoch (ceil(1/q) steps) making about the
-  same number of steps as Dopamine, sigma calibrated to the same epsilon.
+* CDP: DP-SGD (Opacus) on the pooled training rows (medsilo's pooled-DP baseline),
+  batch 10 B, momentum 0.9 kept through the whole run, as many epochs (ceil(1/q) steps
+  each) as make about the same number of steps as Dopamine, sigma calibrated to the same
+  epsilon (its epsilon is read from the run's ``baselines.json``).
 * FPDP: 10 sites, ``mode = "local"``, batch B per site, as many rounds of one local
   epoch as CDP, FedAvg, sigma calibrated per site to the same epsilon (each site's noise
   is full strength for its own small batch).
 * F and C: the same as FPDP and CDP without DP.
+The study that carries C or CDP also trains a federation (batch 10 B per site, plain
+FedAvg; FPDP-like for CDP) only because the pooled baseline comes with one; it is not
+reported.
 The learning rate is not tuned (no grid on this 2-core machine): lr = 0.05 with momentum
 0.9 everywhere, a common DP-SGD choice for small CNNs; say so when comparing.
 
@@ -44,9 +50,11 @@ weights of every setting, also the per-seed (paired) differences, mean ± sd.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from _common import fmt_mean_sd, md_table, mean_sd, write_results
-from _studies import run
+
+from medsilo.report.rundir import BASELINES_FILE
+from medsilo.study.run import run_study_text
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -97,7 +107,7 @@ name = "{strategy}"
 
 [baselines]
 local_only = false
-pooled = false
+pooled = {pooled}
 """
 
 PRIVACY = """
@@ -122,6 +132,8 @@ dropout_rate = {dropout_rate}
 
 SETTINGS = ("C", "F", "CDP", "FPDP", "Dopamine")
 NON_PRIVATE = ("C", "F")
+POOLED = ("C", "CDP")
+"""Read from the pooled baseline of their study, on the federation's own split."""
 
 
 def paired(rows: list[dict[str, Any]], epsilon: float, other: str, metric: str) -> str:
@@ -147,7 +159,7 @@ def study(
     dropout_rate: float = 0.1,
 ) -> str:
     """The study file of one setting."""
-    pooled = setting in ("C", "CDP")
+    pooled = setting in POOLED
     batch = SITES * site_batch if pooled else site_batch
     rounds = rounds_step if setting == "Dopamine" else epoch_rounds(rounds_step, site_batch)
     dopamine = setting == "Dopamine"
@@ -155,8 +167,9 @@ def study(
         setting=setting,
         rounds=rounds,
         seed=seed,
-        sites=1 if pooled else 10,
+        sites=SITES,
         batch=batch,
+        pooled=str(pooled).lower(),
         lr=LR,
         momentum=0.0 if dopamine else 0.9,
         strategy="fedavgm" if dopamine else "fedavg",
@@ -179,14 +192,22 @@ def evaluate(
     dropout_rate: float,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    result = run(study(setting, seed, epsilon, rounds_step, site_batch, dropout_rate))
+    text = study(setting, seed, epsilon, rounds_step, site_batch, dropout_rate)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_study_text(text, out=Path(tmp) / "run")
+        baselines = json.loads((result.run_dir / BASELINES_FILE).read_text())
     h = result.history
-    test = h[(h["kind"] == "eval") & (h["split"] == "test")]
-    final = test[test["round"] == test["round"].max()]
-    spent = None
     train = h[h["kind"] == "train"]
-    if "epsilon" in train and train["epsilon"].notna().any():
-        spent = float(train.groupby("site")["epsilon"].max().max())
+    spent = None
+    if setting in POOLED:
+        final = result.per_site[result.per_site["setting"] == "pooled"]
+        if setting == "CDP":
+            spent = float(baselines["privacy"]["pooled"]["epsilon"])
+    else:
+        test = h[(h["kind"] == "eval") & (h["split"] == "test")]
+        final = test[test["round"] == test["round"].max()]
+        if "epsilon" in train and train["epsilon"].notna().any():
+            spent = float(train.groupby("site")["epsilon"].max().max())
     row = {
         "setting": setting,
         "seed": seed,
@@ -281,13 +302,16 @@ def main() -> int:
             f"RetinaMNIST, 10 iid sites, GroupNorm CNN, delta {DELTA:g}, "
             f"{len(list(seeds))} seed(s); Dopamine {rounds_step} steps of expected batch "
             f"{SITES * args.site_batch} (q = {args.site_batch * SITES / TRAIN_ROWS:.3f}), "
-            f"C/CDP and F/FPDP {epoch_rounds(rounds_step, args.site_batch)} rounds of one "
-            f"local epoch (batch {SITES * args.site_batch}, resp. {args.site_batch} per "
-            "site): the same number of steps. Dopamine's secure aggregation plans for "
+            f"C/CDP {epoch_rounds(rounds_step, args.site_batch)} epochs on the pooled "
+            f"training rows (batch {SITES * args.site_batch}) and F/FPDP as many rounds of "
+            f"one local epoch (batch {args.site_batch} per site): the same number of steps. "
+            "Every setting of a seed uses the same split into sites and the same initial "
+            "weights. Dopamine's secure aggregation plans for "
             f"dropout rate {args.dropout_rate:g}. "
             "Accuracy and QWK: mean over sites of the final model's test metrics, "
             "mean ± sd over seeds. epsilon spent: the largest over sites, from the sites' "
-            "ledgers (against the coordinator); Dopamine's colluders' epsilon is against "
+            "ledgers (against the coordinator), for CDP the pooled-DP baseline's (from "
+            "baselines.json); Dopamine's colluders' epsilon is against "
             "the coordinator and all 9 other sites (its own share only).",
             "",
             md_table(
