@@ -8,6 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from _common import md_table
+
+from medsilo.report.summary import setting_means
 from medsilo.study.run import RunResult, run_study_text
 
 
@@ -72,3 +76,167 @@ def edge_notes(
                 side = "smallest" if value == options[0] else "largest"
                 notes.append(f"{strategy}: {key} = {value} is the {side} value tried")
     return notes
+
+
+HEART_DATA = """dataset = "heart"
+partition = "natural"
+val_fraction = 0.15
+test_fraction = 0.3"""
+"""FLamby's Fed-Heart-Disease: the 4 hospitals as sites (medsilo's split fractions)."""
+
+EICU_DATA = """dataset = "eicu"
+options = { group_by = "region" }
+partition = "natural"
+val_fraction = 0.15
+test_fraction = 0.25"""
+"""eICU mortality with the 5 US regions as sites."""
+
+
+def logreg_study(
+    *,
+    name: str,
+    seed: int,
+    rounds: int,
+    evaluate_every: int,
+    data: str,
+    local_epochs: int,
+    batch: int,
+    lr: float,
+    strategy: str = "fedavg",
+    strategy_options: dict[str, float | None] | None = None,
+    baselines: bool = False,
+    dp: dict[str, float] | None = None,
+) -> str:
+    """The study text of the table benchmarks: logistic regression, ``data`` (the
+    ``[data]`` section's body, e.g. :data:`HEART_DATA`), the strategy with its options
+    (``None`` values left out), local-only and pooled baselines on or off, and with
+    ``dp = {"clip", "epsilon", "delta"}`` record-level DP-SGD at every site calibrated to
+    epsilon (each site's budget the same)."""
+    extra = "".join(
+        f"\n{key} = {value}" for key, value in (strategy_options or {}).items() if value is not None
+    )
+    flag = "true" if baselines else "false"
+    privacy = ""
+    if dp is not None:
+        privacy = f"""
+[privacy]
+mode = "local"
+clip = {dp["clip"]}
+target_epsilon = {dp["epsilon"]}
+delta = {dp["delta"]}
+accountant = "rdp"
+
+[budgets]
+default = {{ epsilon = {dp["epsilon"]}, delta = {dp["delta"]} }}
+"""
+    return f"""
+[study]
+name = "{name}"
+seed = {seed}
+rounds = {rounds}
+evaluate_every = {evaluate_every}
+
+[data]
+{data}
+
+[model]
+name = "logreg"
+
+[train]
+local_epochs = {local_epochs}
+batch_size = {batch}
+lr = {lr}
+
+[strategy]
+name = "{strategy}"{extra}
+
+[baselines]
+local_only = {flag}
+pooled = {flag}
+{privacy}"""
+
+
+def final_runs(
+    chosen: dict[str, dict[str, Any]],
+    seeds: tuple[int, ...],
+    make_study: Callable[..., str],
+    metrics: tuple[str, ...],
+) -> dict[str, dict[str, list[float]]]:
+    """Every chosen configuration on every seed, evaluated once after its last round;
+    FedAvg's runs also train the local-only and pooled baselines. Returns label ->
+    metric -> per-seed values of the mean over sites (test split); the labels are the
+    strategies, ``local_only`` and ``pooled``."""
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for strategy, values in chosen.items():
+        params = {k: v for k, v in values.items() if k != "rounds"}
+        rounds = int(values["rounds"])
+        baselines = strategy == "fedavg"
+        for seed in seeds:
+            text = make_study(
+                strategy, seed, rounds=rounds, evaluate_every=rounds, baselines=baselines, **params
+            )
+            means = setting_means(run(text).per_site).set_index("setting")
+            settings = {strategy: "federated"}
+            if baselines:
+                settings.update(local_only="local_only", pooled="pooled")
+            for label, setting in settings.items():
+                slot = per_seed.setdefault(label, {m: [] for m in metrics})
+                for metric in metrics:
+                    slot[metric].append(float(means.loc[setting, metric]))
+            print(
+                f"  final {strategy} seed {seed}: {metrics[0]} "
+                f"{float(means.loc['federated', metrics[0]]):.4f}",
+                flush=True,
+            )
+    return per_seed
+
+
+def grid_report(
+    log: list[dict[str, Any]],
+    chosen: dict[str, dict[str, Any]],
+    recorded: dict[str, dict[str, Any]],
+    *,
+    max_rounds: int,
+    metric: str,
+    label: str,
+    columns: tuple[str, ...],
+    seeds: int,
+) -> str:
+    """The markdown a grid search adds to its benchmark's results: whether it chose the
+    values the script records for ``--quick`` (``recorded``), the chosen values on the edge
+    of the grid, and the best three (configuration, rounds) points per strategy by mean
+    validation ``metric`` (``label`` in the text). Empty when no grid ran (``log`` empty)."""
+    if not log:
+        return ""
+    body = ""
+    if chosen != recorded:
+        body += (
+            "\nThe search chose other values than the script's CHOSEN (used by `--quick`): "
+            "update CHOSEN.\n"
+        )
+    notes = edge_notes(chosen, log, max_rounds)
+    if notes:
+        body += "\nOn the edge of the grid (a wider grid might do better): " + "; ".join(notes)
+        body += ".\n"
+    key = f"val_{metric}"
+    frame = pd.DataFrame(log).sort_values(["strategy", key], ascending=[True, False])
+    top = frame.groupby("strategy", sort=False).head(3)
+    rows = [
+        [
+            r["strategy"],
+            *(
+                r.get(k, "") if pd.notna(r.get(k, float("nan"))) else ""
+                for k in ("lr", "local_epochs", *columns)
+            ),
+            int(r["rounds"]),
+            f"{r[key]:.4f}",
+        ]
+        for _, r in top.iterrows()
+    ]
+    return body + (
+        f"\nGrid search ({len(frame)} (configuration, rounds) points, each the mean over "
+        f"{seeds} seeds); the best three per strategy by validation {label} (the full grid "
+        "is in the JSON file):\n\n"
+        + md_table(["strategy", "lr", "local_epochs", *columns, "rounds", f"val {label}"], rows)
+        + "\n"
+    )

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 from _common import RESULTS, fmt_mean_sd, md_table, write_results
-from _studies import run
+from _studies import EICU_DATA, logreg_study, run
 
 from medsilo.engines.local import LocalEngine
 from medsilo.report.rundir import RunDirectory
@@ -92,49 +92,18 @@ def study(
     local_epochs: int = 1,
     baselines: bool = False,
 ) -> str:
-    flag = "true" if baselines else "false"
-    privacy = ""
-    if epsilon is not None:
-        privacy = f"""
-[privacy]
-mode = "local"
-clip = {CLIP}
-target_epsilon = {epsilon}
-delta = {DELTA}
-accountant = "rdp"
-
-[budgets]
-default = {{ epsilon = {epsilon}, delta = {DELTA} }}
-"""
-    return f"""
-[study]
-name = "dp-eicu"
-seed = {seed}
-rounds = {rounds}
-evaluate_every = {rounds}
-
-[data]
-dataset = "eicu"
-options = {{ group_by = "region" }}
-partition = "natural"
-val_fraction = 0.15
-test_fraction = 0.25
-
-[model]
-name = "logreg"
-
-[train]
-local_epochs = {local_epochs}
-batch_size = {batch}
-lr = {lr}
-
-[strategy]
-name = "fedavg"
-
-[baselines]
-local_only = {flag}
-pooled = {flag}
-{privacy}"""
+    return logreg_study(
+        name="dp-eicu",
+        seed=seed,
+        rounds=rounds,
+        evaluate_every=rounds,
+        data=EICU_DATA,
+        local_epochs=local_epochs,
+        batch=batch,
+        lr=lr,
+        baselines=baselines,
+        dp=None if epsilon is None else {"clip": CLIP, "epsilon": epsilon, "delta": DELTA},
+    )
 
 
 def val_auroc(text: str) -> float:

@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 from _common import RESULTS, fmt_mean_sd, md_table, mean_sd, write_results
-from _studies import run
+from _studies import HEART_DATA, logreg_study, run
 
 from medsilo.engines.local import LocalEngine
 from medsilo.report.rundir import RunDirectory
@@ -131,49 +131,20 @@ def study(
     server_lr: float | None = None,
     baselines: bool = False,
 ) -> str:
-    extra = f"\nserver_lr = {server_lr}" if server_lr is not None else ""
-    flag = "true" if baselines else "false"
-    privacy = ""
-    if epsilon is not None:
-        privacy = f"""
-[privacy]
-mode = "local"
-clip = {CLIP}
-target_epsilon = {epsilon}
-delta = {DELTA}
-accountant = "rdp"
-
-[budgets]
-default = {{ epsilon = {epsilon}, delta = {DELTA} }}
-"""
-    return f"""
-[study]
-name = "dp-heart-{strategy}"
-seed = {seed}
-rounds = {rounds}
-evaluate_every = {rounds}
-
-[data]
-dataset = "heart"
-partition = "natural"
-val_fraction = 0.15
-test_fraction = 0.3
-
-[model]
-name = "logreg"
-
-[train]
-local_epochs = 1
-batch_size = {batch}
-lr = {lr}
-
-[strategy]
-name = "{strategy}"{extra}
-
-[baselines]
-local_only = {flag}
-pooled = {flag}
-{privacy}"""
+    return logreg_study(
+        name=f"dp-heart-{strategy}",
+        seed=seed,
+        rounds=rounds,
+        evaluate_every=rounds,
+        data=HEART_DATA,
+        local_epochs=1,
+        batch=batch,
+        lr=lr,
+        strategy=strategy,
+        strategy_options={"server_lr": server_lr},
+        baselines=baselines,
+        dp=None if epsilon is None else {"clip": CLIP, "epsilon": epsilon, "delta": DELTA},
+    )
 
 
 def scores(result: Any) -> dict[str, Any]:

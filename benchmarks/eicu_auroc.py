@@ -29,12 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pandas as pd
 import torch
 from _common import fmt_mean_sd, md_table, mean_sd, write_results
-from _studies import best_by_validation, edge_notes, run
-
-from medsilo.report.summary import setting_means
+from _studies import EICU_DATA, best_by_validation, final_runs, grid_report, logreg_study
 
 SEEDS = (0, 1, 2, 3, 4)
 MAX_ROUNDS = 60
@@ -59,37 +56,19 @@ def study(
     evaluate_every: int = EVAL_EVERY,
     baselines: bool = False,
 ) -> str:
-    extra = f"\nserver_lr = {server_lr}" if server_lr is not None else ""
-    flag = "true" if baselines else "false"
-    return f"""
-[study]
-name = "eicu-{strategy}"
-seed = {seed}
-rounds = {rounds}
-evaluate_every = {evaluate_every}
-
-[data]
-dataset = "eicu"
-options = {{ group_by = "region" }}
-partition = "natural"
-val_fraction = 0.15
-test_fraction = 0.25
-
-[model]
-name = "logreg"
-
-[train]
-local_epochs = {local_epochs}
-batch_size = {BATCH}
-lr = {lr}
-
-[strategy]
-name = "{strategy}"{extra}
-
-[baselines]
-local_only = {flag}
-pooled = {flag}
-"""
+    return logreg_study(
+        name=f"eicu-{strategy}",
+        seed=seed,
+        rounds=rounds,
+        evaluate_every=evaluate_every,
+        data=EICU_DATA,
+        local_epochs=local_epochs,
+        batch=BATCH,
+        lr=lr,
+        strategy=strategy,
+        strategy_options={"server_lr": server_lr},
+        baselines=baselines,
+    )
 
 
 def search(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -130,39 +109,6 @@ def search(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return chosen
 
 
-def final(chosen: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    per_seed: dict[str, dict[str, list[float]]] = {}
-    for strategy, values in chosen.items():
-        params = {k: v for k, v in values.items() if k != "rounds"}
-        rounds = int(values["rounds"])
-        baselines = strategy == "fedavg"
-        for seed in SEEDS:
-            res = run(
-                study(
-                    strategy,
-                    seed,
-                    rounds=rounds,
-                    evaluate_every=rounds,
-                    baselines=baselines,
-                    **params,
-                )
-            )
-            means = setting_means(res.per_site).set_index("setting")
-            settings = {strategy: "federated"}
-            if baselines:
-                settings.update(local_only="local_only", pooled="pooled")
-            for label, setting in settings.items():
-                slot = per_seed.setdefault(label, {"auroc": [], "auprc": [], "accuracy": []})
-                for metric in slot:
-                    slot[metric].append(float(means.loc[setting, metric]))
-            print(
-                f"  final {strategy} seed {seed}: AUROC "
-                f"{float(means.loc['federated', 'auroc']):.4f}",
-                flush=True,
-            )
-    return per_seed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -175,7 +121,7 @@ def main() -> None:
     started = datetime.now(UTC)
     log: list[dict[str, Any]] = []
     chosen = CHOSEN if args.quick else search(log)
-    per_seed = final(chosen)
+    per_seed = final_runs(chosen, SEEDS, study, ("auroc", "auprc", "accuracy"))
 
     names = {
         "fedavg": "FedAvg",
@@ -217,41 +163,16 @@ def main() -> None:
         )
         + f"\n\nBest federated strategy by test AUROC: {names[best]}.\n"
     )
-    if log and chosen != CHOSEN:
-        body += (
-            "\nThe search chose other values than the script's CHOSEN (used by `--quick`): "
-            "update CHOSEN.\n"
-        )
-    if log:
-        notes = edge_notes(chosen, log, MAX_ROUNDS)
-        if notes:
-            body += (
-                "\nOn the edge of the grid (a wider grid might do better): "
-                + "; ".join(notes)
-                + ".\n"
-            )
-        frame = pd.DataFrame(log).sort_values(["strategy", "val_auroc"], ascending=[True, False])
-        top = frame.groupby("strategy", sort=False).head(3)
-        grid_rows = [
-            [
-                r["strategy"],
-                r["lr"],
-                r["local_epochs"],
-                "" if pd.isna(r.get("server_lr", float("nan"))) else r["server_lr"],
-                int(r["rounds"]),
-                f"{r['val_auroc']:.4f}",
-            ]
-            for _, r in top.iterrows()
-        ]
-        body += (
-            f"\nGrid search ({len(frame)} (configuration, rounds) points, each the mean over "
-            f"{len(SEEDS)} seeds); the best three per strategy by validation AUROC (the full "
-            "grid is in the JSON file):\n\n"
-            + md_table(
-                ["strategy", "lr", "local_epochs", "server_lr", "rounds", "val AUROC"], grid_rows
-            )
-            + "\n"
-        )
+    body += grid_report(
+        log,
+        chosen,
+        CHOSEN,
+        max_rounds=MAX_ROUNDS,
+        metric="auroc",
+        label="AUROC",
+        columns=("server_lr",),
+        seeds=len(SEEDS),
+    )
     out = write_results(
         "eicu_auroc",
         "eICU mortality (sites = regions): AUROC and AUPRC",
