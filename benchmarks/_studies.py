@@ -11,8 +11,11 @@ from typing import Any
 import pandas as pd
 from _common import md_table
 
+from medsilo.engines.local import LocalEngine
+from medsilo.report.rundir import RunDirectory
 from medsilo.report.summary import setting_means
-from medsilo.study.run import RunResult, run_study_text
+from medsilo.study.config import parse_study
+from medsilo.study.run import RunResult, attach_privacy, build_federation, run_study_text
 
 
 def run(text: str) -> RunResult:
@@ -240,3 +243,23 @@ def grid_report(
         + md_table(["strategy", "lr", "local_epochs", *columns, "rounds", f"val {label}"], rows)
         + "\n"
     )
+
+
+def final_validation(text: str, metric: str) -> list[float]:
+    """Each site's validation ``metric`` of the federated model after the last round, by
+    the library's own path (attach_privacy and the local engine; no test evaluation,
+    baselines or report): what a DP grid search may look at."""
+    config = parse_study(text, source="<study text>")
+    fed = build_federation(config)
+    evaluations: list[Any] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        attach_privacy(fed, RunDirectory.create(Path(tmp) / "run", text, {"study": "tune"}))
+        LocalEngine().run(
+            fed.coordinator,
+            fed.sites,
+            config.study.rounds,
+            on_round=lambda r: evaluations.extend(r.evaluations),
+            evaluate_every=0,
+            splits=("val",),
+        )
+    return [float(e.metrics[metric]) for e in evaluations]

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,13 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 from _common import RESULTS, fmt_mean_sd, md_table, write_results
-from _studies import EICU_DATA, logreg_study, run
+from _studies import EICU_DATA, final_validation, logreg_study, run
 
-from medsilo.engines.local import LocalEngine
-from medsilo.report.rundir import RunDirectory
 from medsilo.report.summary import setting_means
-from medsilo.study.config import parse_study
-from medsilo.study.run import attach_privacy, build_federation
 
 # dp-accounting logs a warning for every fractional RDP order it cannot evaluate at large q
 # (those orders are dropped; they never give the minimum here): dozens per calibration.
@@ -107,22 +102,8 @@ def study(
 
 
 def val_auroc(text: str) -> float:
-    """Mean over sites of the federated model's validation AUROC after the last round, by
-    the library's own path (no test evaluation, baselines or report)."""
-    config = parse_study(text, source="<study text>")
-    fed = build_federation(config)
-    evaluations: list[Any] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        attach_privacy(fed, RunDirectory.create(Path(tmp) / "run", text, {"study": "tune"}))
-        LocalEngine().run(
-            fed.coordinator,
-            fed.sites,
-            config.study.rounds,
-            on_round=lambda r: evaluations.extend(r.evaluations),
-            evaluate_every=0,
-            splits=("val",),
-        )
-    return float(np.nanmean([e.metrics["auroc"] for e in evaluations]))
+    """Mean over sites of the federated model's validation AUROC after the last round."""
+    return float(np.nanmean(final_validation(text, "auroc")))
 
 
 def epsilon_spent(result: Any) -> float:

@@ -58,7 +58,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,13 +68,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 from _common import RESULTS, fmt_mean_sd, md_table, mean_sd, write_results
-from _studies import HEART_DATA, logreg_study, run
+from _studies import HEART_DATA, final_validation, logreg_study, run
 
-from medsilo.engines.local import LocalEngine
-from medsilo.report.rundir import RunDirectory
 from medsilo.report.summary import setting_means
-from medsilo.study.config import parse_study
-from medsilo.study.run import attach_privacy, build_federation
 
 # dp-accounting logs a warning for every fractional RDP order it cannot evaluate at large q
 # (those orders are dropped; they never give the minimum here): dozens per calibration.
@@ -163,22 +158,8 @@ def scores(result: Any) -> dict[str, Any]:
 
 
 def validate(text: str) -> float:
-    """Mean over sites of the federated model's validation accuracy after the last round,
-    by the library's own path (no test evaluation, baselines or report)."""
-    config = parse_study(text, source="<study text>")
-    fed = build_federation(config)
-    evaluations: list[Any] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        attach_privacy(fed, RunDirectory.create(Path(tmp) / "run", text, {"study": "tune"}))
-        LocalEngine().run(
-            fed.coordinator,
-            fed.sites,
-            config.study.rounds,
-            on_round=lambda r: evaluations.extend(r.evaluations),
-            evaluate_every=0,
-            splits=("val",),
-        )
-    return float(np.mean([e.metrics["accuracy"] for e in evaluations]))
+    """Mean over sites of the federated model's validation accuracy after the last round."""
+    return float(np.mean(final_validation(text, "accuracy")))
 
 
 def tune(
