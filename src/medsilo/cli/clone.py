@@ -56,7 +56,10 @@ def make(
     mechanism: Annotated[str, typer.Option(help="mst (fast) or aim (adaptive).")] = "mst",
     target: Annotated[
         str | None,
-        typer.Option(help="MST: the column a model will predict; its pairs are measured."),
+        typer.Option(
+            help="The column a model will predict: MST measures its pairs, AIM adds its "
+            "triples to the workload."
+        ),
     ] = None,
     rounds: Annotated[int | None, typer.Option(help="AIM rounds (default 16 x columns).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: fresh).")] = None,
@@ -157,7 +160,8 @@ def federated(
     ] = None,
     mechanism: Annotated[str, typer.Option(help="mst or aim.")] = "mst",
     target: Annotated[
-        bool, typer.Option(help="MST: measure every column's pair with the label.")
+        bool,
+        typer.Option(help="Clone for the label: MST's star of label pairs, AIM's label triples."),
     ] = False,
     budget: Annotated[
         float | None,

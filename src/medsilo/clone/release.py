@@ -142,7 +142,8 @@ def make_clone(
     ``rows``: how many rows to sample (default: the model's noisy estimate of the table's
     size). ``target``: the column a model will predict from the clone; MST then measures
     every column's pair with it instead of a tree selected from the data
-    (:mod:`medsilo.clone.mst`, target-aware tree). Bad input (a schema that does not fit,
+    (:mod:`medsilo.clone.mst`, target-aware tree), and AIM adds every triple with it to
+    its workload (:mod:`medsilo.clone.aim`). Bad input (a schema that does not fit,
     an empty table, an epsilon too small for the columns, a release over the ``ledger``'s
     budget) raises before anything is measured.
     """
@@ -154,8 +155,6 @@ def make_clone(
         raise ConfigError(
             f"target {target!r} must be a synthesized column of the schema: {schema.synthesized}"
         )
-    if target is not None and mechanism != "mst":
-        raise ConfigError(f"target is an option of MST (mechanism 'mst'); got {mechanism!r}")
     rho = rho_for(epsilon, delta)
     check_columns(frame, schema, source)
     domain = TableDomain(schema)
@@ -185,7 +184,9 @@ def make_clone(
             list(s.clique) for s in curator.spends if s.kind == "gaussian" and len(s.clique) == 2
         ]
     else:
-        fitted = aim(curator, rounds=rounds, final_iters=iters or 2000, progress=notify)
+        fitted = aim(
+            curator, rounds=rounds, final_iters=iters or 2000, progress=notify, target=target
+        )
         n = rows or max(1, round(float(fitted.total)))
         codes = sample(fitted, n, rng)
         details["measured"] = [

@@ -249,8 +249,8 @@ def run_federated_clone(
 
     Each site's budget: its ledger's if the ledger exists (``budgets.ledger_dir``), else
     the study's ``[budgets]`` for it (a DP study), else ``budget`` (a study without DP
-    training has no ``[budgets]``). ``target``: MST's target-aware tree on the label
-    (:mod:`medsilo.clone.mst`)."""
+    training has no ``[budgets]``). ``target``: clone for the label (MST's target-aware
+    tree, :mod:`medsilo.clone.mst`; AIM's label triples, :mod:`medsilo.clone.aim`)."""
     notify = progress or (lambda event, info: None)
     config, _ = load_study(Path(study))
     raw = load_raw(config)
