@@ -14,22 +14,30 @@ table; then
   unittype, unitadmitsource), tested on the holdout (AUROC);
 * fidelity: mean 1-way and 2-way marginal TVD, mean |correlation difference|;
 * privacy: median DCR (Hamming, clone vs holdout rows to the private rows), DOMIAS-style
-  and distance membership-attack AUROC (the larger is reported), exact-row leakage.
+  and distance membership-attack AUROC (the larger is reported), exact-row leakage. The
+  attack's sampling noise: the Hanley & McNeil (1982) standard error of an AUROC of 0.5 on
+  that many members and non-members, and a 95 % t-interval of the mean over seeds.
 
 Goals (issue 7), at epsilon 1: TSTR AUROC >= 95 % of TRTR and above the k=5 baseline;
-membership-attack AUROC <= 0.55. Writes results/clone.{md,json} (or clone_aim.*).
-Timings: the clone's wall time per run (MST/AIM, JAX compilation included).
+membership-attack AUROC <= 0.55. Writes results/clone.{md,json} (or clone_aim.*), again
+after every run (a cut run keeps its finished seeds; the file says how many ran).
+Timings: the clone's wall time per run (MST/AIM, JAX compilation included); memory: the
+peak resident set size of the process during the clone (psutil, sampled every 0.2 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
@@ -65,16 +73,17 @@ def one_run(
     train = frame.iloc[train_idx].reset_index(drop=True)
     holdout = frame.iloc[test_idx].reset_index(drop=True)
     start = time.perf_counter()
-    result = make_clone(
-        train,
-        schema,
-        epsilon=epsilon,
-        delta=1e-6,
-        rows=len(train),
-        mechanism=mechanism,  # type: ignore[arg-type]
-        seed=seed,
-        target=builtin.LABEL if target else None,
-    )
+    with PeakRss() as peak:
+        result = make_clone(
+            train,
+            schema,
+            epsilon=epsilon,
+            delta=1e-6,
+            rows=len(train),
+            mechanism=mechanism,  # type: ignore[arg-type]
+            seed=seed,
+            target=builtin.LABEL if target else None,
+        )
     seconds = time.perf_counter() - start
     ev = evaluate(
         train,
@@ -91,6 +100,8 @@ def one_run(
         "seed": seed,
         "epsilon": epsilon,
         "clone_seconds": seconds,
+        "peak_rss_mib": peak.mib,
+        "measurements": result.details["gaussian_measurements"],
         "tstr_auroc": u["tstr"]["auroc"],
         "trtr_auroc": u["trtr"]["auroc"],
         "k5_auroc": u["k5"]["auroc"],
@@ -107,8 +118,47 @@ def one_run(
         "domias_auroc": ev.attack["domias_auroc"],
         "distance_auroc": ev.attack["distance_auroc"],
         "attack_auroc": ev.summary["attack_auroc"],
+        "attack_members": ev.attack["members"],
+        "attack_non_members": ev.attack["non_members"],
         "rho": result.rho,
     }
+
+
+class PeakRss:
+    """Peak resident set size of this process while the block runs (sampled, MiB)."""
+
+    def __enter__(self) -> PeakRss:
+        self._process = psutil.Process()
+        self.mib = self._process.memory_info().rss / 2**20
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            self.mib = max(self.mib, self._process.memory_info().rss / 2**20)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mib = max(self.mib, self._process.memory_info().rss / 2**20)
+
+
+def null_auroc_se(members: float, non_members: float) -> float:
+    """Standard error of an AUROC of 0.5 (no signal) on these counts (Hanley & McNeil
+    1982, Eq. 2 at A = 0.5: sqrt((m + n + 1) / (12 m n)))."""
+    return math.sqrt((members + non_members + 1) / (12 * members * non_members))
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """95 % two-sided t-interval of the mean (the mean twice for one value)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, m
+    t975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365}
+    half = t975.get(len(values), 2.0) * statistics.stdev(values) / math.sqrt(len(values))
+    return m - half, m + half
 
 
 def main() -> int:
@@ -118,13 +168,15 @@ def main() -> int:
     parser.add_argument("--epsilons", nargs="+", type=float, default=[0.5, 1.0, 4.0])
     parser.add_argument("--mechanism", choices=["mst", "aim"], default="mst")
     parser.add_argument(
-        "--target", action="store_true", help="MST: measure every column's pair with the label"
+        "--target",
+        action="store_true",
+        help="clone for the label: MST's star of label pairs, AIM's label triples",
     )
     parser.add_argument("--name", default=None, help="results file name (default clone)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = datetime.now(UTC)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for dataset in args.datasets:
         for epsilon in args.epsilons:
             for seed in range(args.seeds):
@@ -133,22 +185,37 @@ def main() -> int:
                 print(
                     f"{dataset} eps={epsilon:g} seed={seed}: TSTR {run['tstr_auroc']:.3f} "
                     f"TRTR {run['trtr_auroc']:.3f} k5 {run['k5_auroc']:.3f} "
-                    f"attack {run['attack_auroc']:.3f} ({run['clone_seconds']:.0f} s)",
+                    f"attack {run['attack_auroc']:.3f} ({run['clone_seconds']:.0f} s, "
+                    f"{run['peak_rss_mib']:.0f} MiB)",
                     flush=True,
                 )
+                report(args, runs, started)
+    return 0
+
+
+def report(args: argparse.Namespace, runs: list[dict[str, Any]], started: datetime) -> None:
+    """Summarize the runs so far and write the results files."""
     rows, goals = [], []
     for dataset in args.datasets:
         for epsilon in args.epsilons:
             sel = [r for r in runs if r["dataset"] == dataset and r["epsilon"] == epsilon]
+            if not sel:
+                continue
 
             def col(key: str, digits: int = 3, sel: list[dict[str, Any]] = sel) -> str:
                 return fmt_mean_sd([r[key] for r in sel], digits)
 
             ratio = [r["tstr_auroc"] / r["trtr_auroc"] for r in sel]
+            attacks = [r["attack_auroc"] for r in sel]
+            low, high = t_interval(attacks)
+            null_se = statistics.fmean(
+                null_auroc_se(r["attack_members"], r["attack_non_members"]) for r in sel
+            )
             rows.append(
                 [
                     dataset,
                     f"{epsilon:g}",
+                    len(sel),
                     col("tstr_auroc"),
                     col("trtr_auroc"),
                     fmt_mean_sd(ratio),
@@ -161,23 +228,29 @@ def main() -> int:
                     col("dcr_holdout"),
                     col("domias_auroc"),
                     col("distance_auroc"),
+                    f"{statistics.fmean(attacks):.3f} [{low:.3f}, {high:.3f}]",
+                    f"{null_se:.3f}",
                     col("clone_seconds", 1),
+                    col("peak_rss_mib", 0),
                 ]
             )
             if epsilon == 1.0:
                 mean_ratio = mean_sd(ratio)[0]
                 tstr = mean_sd([r["tstr_auroc"] for r in sel])[0]
                 k5 = mean_sd([r["k5_auroc"] for r in sel])[0]
-                attack = mean_sd([r["attack_auroc"] for r in sel])[0]
+                attack = statistics.fmean(attacks)
+                verdict = "met" if high <= 0.55 else "MISSED" if low > 0.55 else "undecided"
                 goals.append(
-                    f"- {dataset}, epsilon 1: TSTR/TRTR = {mean_ratio:.3f} (goal >= 0.95: "
-                    f"{'met' if mean_ratio >= 0.95 else 'MISSED'}); TSTR {tstr:.3f} vs k=5 "
-                    f"{k5:.3f} ({'met' if tstr > k5 else 'MISSED'}); attack AUROC "
-                    f"{attack:.3f} (goal <= 0.55: {'met' if attack <= 0.55 else 'MISSED'})"
+                    f"- {dataset}, epsilon 1 ({len(sel)} seeds): TSTR/TRTR = {mean_ratio:.3f} "
+                    f"(goal >= 0.95: {'met' if mean_ratio >= 0.95 else 'MISSED'}); TSTR "
+                    f"{tstr:.3f} vs k=5 {k5:.3f} ({'met' if tstr > k5 else 'MISSED'}); "
+                    f"attack AUROC {attack:.3f}, 95 % CI [{low:.3f}, {high:.3f}] (goal <= 0.55: "
+                    f"mean {'met' if attack <= 0.55 else 'MISSED'}; {verdict} at 95 %)"
                 )
     header = [
         "dataset",
         "eps",
+        "seeds",
         "TSTR",
         "TRTR",
         "TSTR/TRTR",
@@ -190,15 +263,25 @@ def main() -> int:
         "DCR holdout",
         "DOMIAS",
         "dist. attack",
+        "attack (max) [95 % CI]",
+        "null SE",
         "clone s",
+        "peak RSS MiB",
     ]
-    mechanism = args.mechanism.upper() + (
-        " with the target-aware tree (label)" if args.target else ""
-    )
+    mechanism = args.mechanism.upper()
+    if args.target:
+        mechanism += (
+            " with the target-aware tree (label)"
+            if args.mechanism == "mst"
+            else " with the label's triples in the workload"
+        )
     body = (
-        f"Mechanism: {mechanism}, delta = 1e-6, {args.seeds} seeds (mean ± sd); "
-        "AUROC on the real holdout (25 %, stratified). Attack AUROC 0.5 = no better than "
-        "chance.\n\n"
+        f"Mechanism: {mechanism}, delta = 1e-6, seeds 0-{args.seeds - 1} asked, the column "
+        "'seeds' says how many ran (mean ± sd); AUROC on the real holdout (25 %, stratified). "
+        "Attack AUROC 0.5 = no better than chance; 'attack (max)' is the larger of DOMIAS "
+        "and the distance attack per seed, with a 95 % t-interval of its mean over seeds; "
+        "'null SE' is the standard error of one attack AUROC at chance on that many members "
+        "and non-members (Hanley & McNeil 1982).\n\n"
         + md_table(header, rows)
         + "\n\nGoals at epsilon 1:\n\n"
         + "\n".join(goals)
@@ -218,7 +301,6 @@ def main() -> int:
     )
     print(body)
     print(f"written: {path}")
-    return 0
 
 
 if __name__ == "__main__":

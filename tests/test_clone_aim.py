@@ -86,7 +86,8 @@ def test_numpy_marginals_match_mbis_projection() -> None:
         expected = np.asarray(model.project(clique).datavector())
         assert np.allclose(pgm.marginal(model, clique), expected, atol=1e-4)
     sampled = pgm.marginals(model, [("a", "d")], rng)[("a", "d")]  # not covered: sampled
-    assert sampled.shape == (15,) and sampled.sum() == pytest.approx(float(model.total), rel=1e-3)
+    exact = np.asarray(model.project(("a", "d")).datavector())
+    assert sampled.shape == (15,) and np.abs(sampled - exact).sum() < 0.02 * exact.sum()
     with pytest.raises(ValueError, match="do not cover"):
         pgm.marginal(model, ("a", "d"))
 

@@ -87,13 +87,15 @@ def marginals(
     if uncovered:
         if draws < 1:
             raise ValueError(f"the model's cliques do not cover {uncovered[0]}")
-        draw = sample(model, draws, rng)
+        draw = {a: v.astype(np.int32) for a, v in sample(model, draws, rng).items()}
         sizes = model.domain.config
         scale = float(model.total) / draws
         for c in uncovered:
-            shape = tuple(sizes[a] for a in c)
-            index = np.ravel_multi_index(tuple(draw[a] for a in c), shape)
-            out[c] = np.bincount(index, minlength=int(np.prod(shape))) * scale
+            index = draw[c[0]]
+            for a in c[1:]:  # C-order cell index, as np.ravel_multi_index
+                index = index * sizes[a] + draw[a]
+            cells = int(np.prod([sizes[a] for a in c]))
+            out[c] = np.bincount(index, minlength=cells) * scale
     return out
 
 
