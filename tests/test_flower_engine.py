@@ -117,18 +117,29 @@ def test_large_arrays_travel_in_chunks_of_at_most_5_mib() -> None:
 
 
 def test_one_message_is_a_handful_of_flower_objects() -> None:
-    """Every array and bytes value shares one buffer: Flower moves each object with its
-    own HTTP request, and a secure-aggregation stage carries dozens of small values."""
+    """Every array and bytes value shares one buffer, next to the skeleton while it fits
+    in one Flower chunk: Flower moves each object with its own HTTP request, and a
+    secure-aggregation stage carries dozens of small values."""
     tree = {"keys": [bytes([i]) * 32 for i in range(40)], "w": np.ones((3, 4), np.float32)}
     objects = get_all_nested_objects(wire.pack(tree))
-    assert len(objects) <= 6  # record dict, two records, skeleton, one array, one chunk
+    assert len(objects) == 2  # record dict, one config record (skeleton and buffer)
     back = wire.unpack(over_the_wire(wire.pack(tree)))
     assert back["keys"] == tree["keys"] and back["w"].dtype == np.float32
+    model = {"w": np.ones(wire.INLINE_LIMIT // 4 - 1024, np.float32)}  # just under 5 MiB
+    assert len(get_all_nested_objects(wire.pack(model))) == 2
+    model = {"w": np.ones(wire.INLINE_LIMIT // 4 + 1, np.float32)}  # past it: chunked
+    content = wire.pack(model)
+    assert wire.BUFFER not in content.config_records[wire.SKELETON]
+    np.testing.assert_array_equal(wire.unpack(over_the_wire(content))["w"], model["w"])
 
 
 def test_malformed_records_are_refused() -> None:
     with pytest.raises(wire.WireError, match="not a medsilo message"):
         wire.unpack(RecordDict())
+    content = wire.pack({"w": np.zeros(4, np.float32)})
+    content.config_records[wire.SKELETON][wire.BUFFER] = "not bytes"
+    with pytest.raises(wire.WireError, match="buffer is not bytes"):
+        wire.unpack(content)
     content = wire.pack({"w": np.zeros(4, np.float32)})
     skeleton = content.config_records[wire.SKELETON][wire.SKELETON]
     for bad in (skeleton.replace("[0, 16]", "[8, 16]"), skeleton.replace("<f4", "|O")):

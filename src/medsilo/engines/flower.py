@@ -79,9 +79,14 @@ def study_id(study_text: str) -> str:
 
 
 def wire_bytes(content: RecordDict) -> int:
-    """Bytes of a record's payload: its arrays' serialized data and its JSON skeleton."""
+    """Bytes of a record's payload: its arrays' serialized data, its ``bytes`` values and
+    its JSON skeleton."""
     total = sum(len(a.data) for record in content.array_records.values() for a in record.values())
-    return total + sum(len(str(v)) for c in content.config_records.values() for v in c.values())
+    return total + sum(
+        len(v) if isinstance(v, bytes) else len(str(v))
+        for c in content.config_records.values()
+        for v in c.values()
+    )
 
 
 # --- coordinator side -----------------------------------------------------------------

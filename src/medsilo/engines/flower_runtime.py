@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -101,14 +101,138 @@ def run_supernode(
     flower_supernode()
 
 
-def run_superlink(argv: Sequence[str]) -> None:
-    """``flower-superlink ARGV`` whose object store (the messages' arrays in transit) is
-    in memory while its link state (registered nodes, runs) stays in the ``--database``
-    file. Flower 1.41 puts both in that SQLite file, so every object of every message is
-    written to disk and read back on its way; objects of a run that a crash interrupted
-    are worthless after a restart (its ServerApp is gone), the nodes and runs are not."""
+def serialized_sessions(mixin: Any) -> None:
+    """One SQLite transaction at a time in this process (Flower 1.41
+    ``flwr/supercore/sql_mixin.py``, ``SqlMixin.session``, wrapped).
+
+    The SuperLink answers each HTTP request in a thread of its pool, and each opens its
+    own SQLite connection; concurrent writers collide on the database lock, and
+    SQLite's busy handler (``busy_timeout``) then *sleeps* 1, 2, 5, 10, ... 100 ms
+    before trying again. A process-wide lock queues them instead: a waiting request
+    wakes the moment the transaction before it commits. (Python runs one thread at a
+    time anyway; only the SQLite waits are lost.) Re-entrant, as Flower nests sessions
+    of one database in one thread."""
+    import contextlib
+    import threading
+
+    session = mixin.session
+    if getattr(session, "medsilo_serialized", False):
+        return
+    lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def serialized(self: Any) -> Any:
+        with lock, session(self) as opened:
+            yield opened
+
+    serialized.medsilo_serialized = True  # type: ignore[attr-defined]
+    mixin.session = serialized
+
+
+def throttled(cls: Any, name: str, every: float) -> None:
+    """Run method ``name`` of ``cls`` (no arguments) at most once per ``every`` seconds
+    per instance; calls in between return at once."""
+    method = getattr(cls, name)
+    if getattr(method, "medsilo_throttled", False):
+        return
+    last: dict[int, float] = {}
+
+    @functools.wraps(method)
+    def wrapper(self: Any) -> None:
+        now = time.monotonic()
+        if now - last.get(id(self), -float("inf")) < every:
+            return
+        last[id(self)] = now
+        method(self)
+
+    wrapper.medsilo_throttled = True  # type: ignore[attr-defined]
+    setattr(cls, name, wrapper)
+
+
+class Scoped:
+    """An ASGI middleware that applies ``middleware`` only to requests for which
+    ``applies(scope)`` holds and hands every other request straight to ``app``."""
+
+    def __init__(self, app: Any, middleware: Any, applies: Callable[[Any], bool]) -> None:
+        self.app = app
+        self.wrapped = middleware.cls(app, *middleware.args, **middleware.kwargs)
+        self.applies = applies
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not self.applies(scope):
+            await self.app(scope, receive, send)
+        else:
+            await self.wrapped(scope, receive, send)
+
+
+def scoped_middleware() -> None:
+    """Flower 1.41's SuperLink passes every request through nine Starlette
+    ``BaseHTTPMiddleware`` layers (``flwr/superlink/main.py``: ``_get_middleware``), each
+    an extra task and a stream copy of the body per request, also where it does
+    nothing: the four Control API layers act on ``/v1/control/`` paths only, node
+    authentication and the Fleet event log on ``/v1/fleet/`` only, runtime tracing only
+    with ``FLWR_TRACING_ENABLED=1`` (each layer's own first test). :class:`Scoped`
+    skips a layer for the other requests, so a Fleet request crosses four layers and a
+    ServerApp request two; what each layer does where it applies is unchanged."""
+    import os
+
+    from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
+    from flwr.superlink import main
+    from flwr.superlink.routers.control import middlewares as control
+    from flwr.superlink.routers.fleet.middlewares import FleetEventLogMiddleware
+    from flwr.superlink.routers.fleet.node_auth import NodeAuthMiddleware
+    from starlette.middleware import Middleware
+
+    flower_middleware = main._get_middleware
+    if getattr(flower_middleware, "medsilo_scoped", False):
+        return
+
+    def under(prefix: str) -> Callable[[Any], bool]:
+        return lambda scope: str(scope["path"]).startswith(prefix)
+
+    applies: dict[Any, Callable[[Any], bool]] = {
+        control.ControlSensitiveResponseMiddleware: under("/v1/control/"),
+        control.ControlAuthenticationMiddleware: under("/v1/control/"),
+        control.ControlLicenseMiddleware: under("/v1/control/"),
+        control.ControlEventLogMiddleware: under("/v1/control/"),
+        NodeAuthMiddleware: under("/v1/fleet/"),
+        FleetEventLogMiddleware: under("/v1/fleet/"),
+        RuntimeTracingMiddleware: lambda _scope: os.getenv("FLWR_TRACING_ENABLED") == "1",
+    }
+
+    def scoped() -> list[Middleware]:
+        return [
+            Middleware(Scoped, m, applies[m.cls]) if m.cls in applies else m
+            for m in flower_middleware()
+        ]
+
+    scoped.medsilo_scoped = True  # type: ignore[attr-defined]
+    setattr(main, "_get_middleware", scoped)  # noqa: B010
+
+
+def run_superlink(argv: Sequence[str], cleanup_every: float = 1.0) -> None:
+    """``flower-superlink ARGV`` with three changes to Flower 1.41 (no option exists for
+    any of them); the link state (registered nodes, runs) stays in the ``--database``
+    file, so a restarted coordinator finds its sites again.
+
+    * Its object store (the messages' arrays in transit) is in memory: Flower 1.41 puts
+      it in that SQLite file too, so every object of every message is written to disk
+      and read back on its way; objects of a run that a crash interrupted are worthless
+      after a restart (its ServerApp is gone), the nodes and runs are not
+      (``flwr/superlink/config_loader.py``: ``ObjectStoreFactory``).
+    * SQLite transactions are serialized in the process (:func:`serialized_sessions`).
+    * The sweep of expired task tokens runs at most every ``cleanup_every`` seconds
+      instead of before every read of a run's status
+      (``flwr/supercore/corestate/sql_corestate.py``:
+      ``SqlCoreState._cleanup_expired_task_tokens``, called from ``get_run_status``,
+      which ``check_abort`` calls for every object pushed or pulled). It is two
+      ``UPDATE`` statements, so every object request took the database's write lock;
+      a task token lives 30 s without heartbeat, so noticing its expiry one second later
+      changes nothing."""
     from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+    from flwr.supercore.corestate.sql_corestate import SqlCoreState
     from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.sql_mixin import SqlMixin
     from flwr.superlink import config_loader
     from flwr.superlink.cli.flower_superlink import flower_superlink
 
@@ -116,5 +240,8 @@ def run_superlink(argv: Sequence[str]) -> None:
         return ObjectStoreFactory(FLWR_IN_MEMORY_DB_NAME)
 
     setattr(config_loader, "ObjectStoreFactory", in_memory)  # noqa: B010
+    serialized_sessions(SqlMixin)
+    throttled(SqlCoreState, "_cleanup_expired_task_tokens", cleanup_every)
+    scoped_middleware()
     sys.argv = ["flower-superlink", *argv]
     flower_superlink()

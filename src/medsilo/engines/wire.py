@@ -1,12 +1,15 @@
 """medsilo's messages as Flower ``RecordDict`` contents (the ``flower`` engines' wire format).
 
 A message becomes a tree of plain values (dicts, lists, str, int, float, bool, None, bytes,
-numpy arrays). Every array and every ``bytes`` value travels in one ``uint8`` buffer, a
-Flower ``Array`` in an ``ArrayRecord``; the rest of the tree is a JSON skeleton in a
-``ConfigRecord`` that names their slices. Flower 1.41 splits an ``Array`` into ``ArrayChunk``
-objects of at most ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE`` bytes (5 MiB) that are pushed and
-pulled one by one, so a large model never has to fit in one gRPC/HTTP message
-(flower#3006). Nothing is pickled: a peer can only send data, never code.
+numpy arrays). Every array and every ``bytes`` value travels in one byte buffer; the rest
+of the tree is a JSON skeleton in a ``ConfigRecord`` that names their slices. A buffer
+that fits in one Flower chunk (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``, 5 MiB, with the
+skeleton) is a ``bytes`` value of that same ``ConfigRecord``: the message is three Flower
+objects (message, record dict, record), each pushed and pulled with its own HTTP request.
+A larger buffer is a ``uint8`` Flower ``Array`` in an ``ArrayRecord``, which Flower 1.41
+splits into ``ArrayChunk`` objects of at most 5 MiB pushed and pulled one by one, so a
+large model never has to fit in one gRPC/HTTP message (flower#3006). Nothing is pickled: a
+peer can only send data, never code.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
 from medsilo.fed.messages import (
     EvaluateRequest,
@@ -34,6 +38,9 @@ from medsilo.secagg.quantize import Quantizer
 ARRAYS = "arrays"
 BUFFER = "buffer"
 SKELETON = "skeleton"
+INLINE_LIMIT = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
+"""The largest skeleton + buffer carried in the ``ConfigRecord`` itself (one Flower
+chunk's worth); a larger buffer is a chunked ``Array``."""
 
 
 class WireError(ValueError):
@@ -42,11 +49,12 @@ class WireError(ValueError):
 
 def pack(value: object) -> RecordDict:
     """A plain-value tree as a RecordDict: every array and ``bytes`` value side by side
-    in one ``uint8`` buffer (one Flower ``Array``, chunked by Flower past 5 MiB), the
-    rest a JSON skeleton naming each one's offset, length, dtype and shape. One buffer
-    instead of one ``Array`` per value: Flower pushes and pulls every object of a message
-    with its own HTTP request, and a secure-aggregation stage carries dozens of small
-    ``bytes`` values."""
+    in one buffer, the rest a JSON skeleton naming each one's offset, length, dtype and
+    shape; the buffer is a ``bytes`` value next to the skeleton up to ``INLINE_LIMIT``,
+    past it one Flower ``Array`` (chunked by Flower). One buffer instead of one ``Array``
+    per value, and no ``Array`` at all for a message that fits in one chunk: Flower
+    pushes and pulls every object of a message (record, array, chunk) with its own HTTP
+    request, and a secure-aggregation stage carries dozens of small ``bytes`` values."""
     parts: list[bytes] = []
     size = 0
 
@@ -75,7 +83,10 @@ def pack(value: object) -> RecordDict:
         raise TypeError(f"cannot put a {type(item).__name__} on the wire")
 
     skeleton = json.dumps(walk(value))
-    arrays = {BUFFER: Array(np.frombuffer(b"".join(parts), dtype=np.uint8))} if parts else {}
+    buffer = b"".join(parts)
+    if len(buffer) + len(skeleton) <= INLINE_LIMIT:
+        return RecordDict({SKELETON: ConfigRecord({SKELETON: skeleton, BUFFER: buffer})})
+    arrays = {BUFFER: Array(np.frombuffer(buffer, dtype=np.uint8))}
     return RecordDict(
         {SKELETON: ConfigRecord({SKELETON: skeleton}), ARRAYS: ArrayRecord(array_dict=arrays)}
     )
@@ -85,13 +96,18 @@ def unpack(content: RecordDict) -> Any:
     """The tree :func:`pack` made; raises :class:`WireError` on anything else (a slice
     outside the buffer, an object dtype, a shape that does not fit its bytes)."""
     try:
-        skeleton = content.config_records[SKELETON][SKELETON]
-        arrays = content.array_records[ARRAYS]
+        config = content.config_records[SKELETON]
+        skeleton = config[SKELETON]
+        inline = BUFFER in config
+        buffer = config[BUFFER] if inline else content.array_records[ARRAYS][BUFFER]
     except KeyError as exc:
         raise WireError(f"not a medsilo message (missing {exc})") from None
     if not isinstance(skeleton, str):
         raise WireError("not a medsilo message (skeleton is not text)")
-    buffer = arrays[BUFFER].numpy().tobytes() if BUFFER in arrays else b""
+    if isinstance(buffer, Array):
+        buffer = buffer.numpy().tobytes()
+    if not isinstance(buffer, bytes):
+        raise WireError("not a medsilo message (its buffer is not bytes)")
 
     def cut(where: Any) -> bytes:
         start, length = (int(v) for v in where)
