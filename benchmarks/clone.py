@@ -28,6 +28,7 @@ peak resident set size of the process during the clone (psutil, sampled every 0.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -42,7 +43,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import fmt_mean_sd, md_table, mean_sd, write_results
+from _common import RESULTS, fmt_mean_sd, md_table, mean_sd, write_results
 
 from medsilo.clone import builtin
 from medsilo.clone.anonymize import k_anonymize
@@ -238,9 +239,17 @@ def main() -> int:
     parser.add_argument(
         "--anonymity", action="store_true", help="only describe the k-anonymity baseline"
     )
+    parser.add_argument(
+        "--summarize",
+        metavar="RESULTS",
+        help="re-summarize results/RESULTS.json (an earlier run of the same grid, which must "
+        "be given as --datasets/--epsilons/--mechanism/--target/--seeds) into --name",
+    )
     args = parser.parse_args()
     if args.anonymity:
         return anonymity(args.datasets, args.seeds)
+    if args.summarize:
+        return summarize(args)
     torch.set_num_threads(1)
     started = datetime.now(UTC)
     runs: list[dict[str, Any]] = []
@@ -260,8 +269,34 @@ def main() -> int:
     return 0
 
 
-def report(args: argparse.Namespace, runs: list[dict[str, Any]], started: datetime) -> None:
-    """Summarize the runs so far and write the results files."""
+def summarize(args: argparse.Namespace) -> int:
+    """``--summarize``: the summary of an earlier results file, with what runs written before
+    this script recorded them lacked: the attack's member and non-member counts (from the
+    seed's split, as :func:`medsilo.clone.evaluate.membership_attack` draws them); peak RSS
+    stays unknown ("n/a")."""
+    source = json.loads((RESULTS / f"{args.summarize}.json").read_text(encoding="utf-8"))
+    runs = source["runs"]
+    for run in runs:
+        if "attack_members" not in run:
+            frame, _, _ = builtin.load(run["dataset"])
+            train_idx, test_idx = split(frame[builtin.LABEL].to_numpy(), run["seed"])
+            non_members = len(test_idx) - len(test_idx) // 2
+            run["attack_members"] = float(min(non_members, len(train_idx)))
+            run["attack_non_members"] = float(non_members)
+    if not args.name:
+        raise SystemExit("--summarize needs --name for the new results file")
+    report(args, runs, datetime.now(UTC), f"results/{args.summarize}")
+    return 0
+
+
+def report(
+    args: argparse.Namespace,
+    runs: list[dict[str, Any]],
+    started: datetime,
+    source: str | None = None,
+) -> None:
+    """Summarize the runs so far and write the results files (``source``: the runs come
+    from that earlier results file)."""
     rows, goals = [], []
     for dataset in args.datasets:
         for epsilon in args.epsilons:
@@ -298,7 +333,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], started: dateti
                     f"{statistics.fmean(attacks):.3f} [{low:.3f}, {high:.3f}]",
                     f"{null_se:.3f}",
                     col("clone_seconds", 1),
-                    col("peak_rss_mib", 0),
+                    col("peak_rss_mib", 0) if all("peak_rss_mib" in r for r in sel) else "n/a",
                 ]
             )
             if epsilon == 1.0:
@@ -348,7 +383,12 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], started: dateti
         "Attack AUROC 0.5 = no better than chance; 'attack (max)' is the larger of DOMIAS "
         "and the distance attack per seed, with a 95 % t-interval of its mean over seeds; "
         "'null SE' is the standard error of one attack AUROC at chance on that many members "
-        "and non-members (Hanley & McNeil 1982).\n\n"
+        "and non-members (Hanley & McNeil 1982)."
+        + (
+            f" Runs re-summarized from `{source}.json` (that file has their dates).\n\n"
+            if source
+            else "\n\n"
+        )
         + md_table(header, rows)
         + "\n\nGoals at epsilon 1:\n\n"
         + "\n".join(goals)
