@@ -77,6 +77,18 @@ def test_superlink_layers_are_scoped_to_their_own_api(monkeypatch: pytest.Monkey
     ]
 
 
+def test_supernode_tracing_layer_is_scoped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supernode import main
+
+    monkeypatch.setattr(main, "RuntimeTracingMiddleware", main.RuntimeTracingMiddleware)
+    flower_runtime.scoped_node_tracing()
+    flower_runtime.scoped_node_tracing()  # once only
+    layers = [m.cls for m in main.create_app().user_middleware]
+    (tracing,) = [c for c in layers if getattr(c, "func", None) is Scoped]
+    assert tracing.keywords["middleware"].cls.__name__ == "RuntimeTracingMiddleware"
+    assert tracing.keywords["applies"] is flower_runtime.tracing_enabled
+
+
 class FakeState:
     def __init__(self) -> None:
         self.inside = 0

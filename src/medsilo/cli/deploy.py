@@ -286,7 +286,7 @@ def coordinator_start(
             console.print(f"run {run_id} submitted; waiting for sites {sites}")
             status = "pending"
             while not status.startswith("finished"):
-                time.sleep(0.5)
+                time.sleep(1.0)  # each look is a request the busy SuperLink answers
                 status = control.status(run_id)
             _report(home, run_id, status, out)
     finally:

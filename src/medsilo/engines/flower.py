@@ -8,13 +8,17 @@ secure-aggregation stages, evaluations) is one Flower ``Message`` whose ``Record
 made by :mod:`medsilo.engines.wire` (arrays chunked by Flower, flower#3006).
 
 Latency: Flower 1.41 polls at several places (the ServerApp's ``send_and_receive`` every
-3 s, the SuperNode's idle loop every 3 s, its SuperExec every 1 s) and by default starts a
-fresh ``flwr-clientapp`` process for every message (about 2.3 s of imports). medsilo
-(i) pushes and pulls through ``Grid.push_messages``/``pull_messages`` with a short poll,
-(ii) runs the SuperNode with ``--isolation process`` and serves its Runtime API with one
-long-lived, warm :func:`serve_site` loop that keeps the Site (data, model, ledger,
-secure-aggregation state) in memory, and (iii) starts the SuperNode through
-:func:`~medsilo.engines.flower_runtime.run_supernode`, which shortens the SuperNode's idle poll.
+3 s, the SuperNode's idle loop every 3 s, its SuperExec every 1 s), by default starts a
+fresh ``flwr-clientapp`` process for every message (about 2.3 s of imports), and moves
+every object of a message with its own HTTPS request through a SuperLink whose CPU is
+the bottleneck of a round. medsilo (i) pushes and pulls through
+``Grid.push_messages``/``pull_messages`` with a short poll, (ii) runs the SuperNode with
+``--isolation process`` and serves its Runtime API with one long-lived, warm
+:func:`serve_site` loop that keeps the Site (data, model, ledger, secure-aggregation
+state) in memory, (iii) sends a message as three Flower objects (:mod:`wire`), and (iv)
+starts the SuperLink and the SuperNode through :mod:`~medsilo.engines.flower_runtime`,
+which shortens their waits and their per-request work (docs/deployment.md has the
+measured breakdown).
 
 Faults: a site that does not answer a stage within its timeout is dropped from that
 stage (secure aggregation recovers without it while at least ``t`` survive; a missing
@@ -96,7 +100,7 @@ class Exchange:
     """One stage: a message to each site, replies collected until all arrived or the
     timeout (Flower's ``Grid``; polls every ``poll`` seconds instead of 3 s)."""
 
-    def __init__(self, grid: Any, poll: float = 0.01) -> None:
+    def __init__(self, grid: Any, poll: float = 0.025) -> None:
         self.grid = grid
         self.poll = poll
         self.bytes_down = 0
@@ -143,7 +147,7 @@ class FlowerEngine:
     grid: Any
     study_text: str
     timeouts: Timeouts = field(default_factory=Timeouts)
-    poll: float = 0.01
+    poll: float = 0.025
     name: str = "flower"
     nodes: dict[str, int] = field(default_factory=dict)
     hellos: dict[str, Hello] = field(default_factory=dict)
@@ -160,7 +164,7 @@ class FlowerEngine:
     def __post_init__(self) -> None:
         from flwr.superlink.grid import http_grid
 
-        fast_object_pulls(http_grid)
+        fast_object_pulls(http_grid, initial=0.02)  # a reply is listed before its objects arrive
         self.exchange = Exchange(self.grid, self.poll)
         self._tried: dict[int, float] = {}
 
@@ -437,7 +441,7 @@ def serve_site(
     runtime_address: str,
     app: Any,
     *,
-    poll: float = 0.005,
+    poll: float = 0.025,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """The warm ClientApp: a long-lived process that takes the SuperNode's tasks
@@ -460,7 +464,8 @@ def serve_site(
         push_task_output,
     )
 
-    fast_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree")
+    # the SuperNode hands out a task before it has pulled the task's objects
+    fast_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree", initial=0.02)
 
     def connect(*interceptors: Any, tries: int | None = None) -> Any:
         invoker = make_simple_http_retry_invoker()

@@ -9,6 +9,7 @@ Flower 1.41 internals where no option exists; flwr is pinned to 1.41.0.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,23 +31,25 @@ class Backoff:
         self.idle += 1
 
 
-def fast_object_pulls(module: Any, name: str = "pull_objects") -> None:
+def fast_object_pulls(module: Any, name: str = "pull_objects", initial: float = 0.005) -> None:
     """Flower 1.41 pulls a message's objects with retries that start at 1 s and double
     (``PULL_INITIAL_BACKOFF``): a message whose objects are still being uploaded costs a
-    second or more. Start at 5 ms, cap at 0.2 s, in ``module`` (Flower's Grid, SuperNode
-    or ClientApp runtime)."""
+    second or more. Start at ``initial`` seconds, cap at 0.2 s, in ``module`` (Flower's
+    Grid, SuperNode or ClientApp runtime)."""
     pull = getattr(module, name)
     if not isinstance(pull, functools.partial):
-        setattr(module, name, functools.partial(pull, initial_backoff=0.005, backoff_cap=0.2))
+        setattr(module, name, functools.partial(pull, initial_backoff=initial, backoff_cap=0.2))
 
 
 def run_supernode(
-    argv: Sequence[str], fast: float = 0.005, slow: float = 0.2, reconnect: float = 2.0
+    argv: Sequence[str], fast: float = 0.025, slow: float = 0.2, reconnect: float = 2.0
 ) -> None:
     """``flower-supernode ARGV`` with shorter waits in Flower 1.41's
     ``start_client_internal``: its idle poll of the SuperLink (3 s) backs off from
-    ``fast`` to ``slow``, and its waits for the ClientApp's reply and its objects (0.5 s)
-    back off from ``fast`` to 50 ms (a 5 ms spin would take CPU from the training).
+    ``fast`` to ``slow`` (each poll is an HTTPS request the SuperLink answers with a
+    database write; the next message never comes within 25 ms of a reply), and its
+    waits for the ClientApp's reply and its objects (0.5 s, a look at its own memory)
+    back off from 5 ms to 50 ms (a 5 ms spin would take CPU from the training).
     While the SuperLink is down (a coordinator restart) the SuperNode retries with
     exponential backoff capped at ``reconnect`` seconds instead of 20 s
     (``MAX_RETRY_DELAY``; ``--max-retries`` / ``--max-wait-time`` bound the tries, not
@@ -83,7 +86,7 @@ def run_supernode(
     )
 
     backoff = Backoff(fast, slow)
-    busy = Backoff(fast, 0.05)
+    busy = Backoff(0.005, 0.05)
 
     def sleep(seconds: float) -> None:
         if seconds >= 1:  # nothing to pull: back off
@@ -94,6 +97,7 @@ def run_supernode(
             busy.wait()
 
     fast_object_pulls(start_client_internal)
+    scoped_node_tracing()
     shim = types.SimpleNamespace(**vars(time))
     shim.sleep = sleep
     setattr(start_client_internal, "time", shim)  # noqa: B010
@@ -165,6 +169,26 @@ class Scoped:
             await self.wrapped(scope, receive, send)
 
 
+def tracing_enabled(_scope: Any) -> bool:
+    """Flower's ``RuntimeTracingMiddleware`` does something only with
+    ``FLWR_TRACING_ENABLED=1`` (its own first test, made per request)."""
+    return os.getenv("FLWR_TRACING_ENABLED") == "1"
+
+
+def scoped_node_tracing() -> None:
+    """The SuperNode's Runtime API (``flwr/supernode/main.py``: ``create_app``) wraps
+    every request of its site in three ``BaseHTTPMiddleware`` layers; the tracing one
+    is skipped unless tracing is enabled (:class:`Scoped`)."""
+    from flwr.supernode import main
+    from starlette.middleware import Middleware
+
+    tracing = getattr(main, "RuntimeTracingMiddleware")  # noqa: B009
+    if isinstance(tracing, functools.partial):
+        return
+    scoped = functools.partial(Scoped, middleware=Middleware(tracing), applies=tracing_enabled)
+    setattr(main, "RuntimeTracingMiddleware", scoped)  # noqa: B010
+
+
 def scoped_middleware() -> None:
     """Flower 1.41's SuperLink passes every request through nine Starlette
     ``BaseHTTPMiddleware`` layers (``flwr/superlink/main.py``: ``_get_middleware``), each
@@ -174,7 +198,6 @@ def scoped_middleware() -> None:
     with ``FLWR_TRACING_ENABLED=1`` (each layer's own first test). :class:`Scoped`
     skips a layer for the other requests, so a Fleet request crosses four layers and a
     ServerApp request two; what each layer does where it applies is unchanged."""
-    import os
 
     from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
     from flwr.superlink import main
@@ -197,7 +220,7 @@ def scoped_middleware() -> None:
         control.ControlEventLogMiddleware: under("/v1/control/"),
         NodeAuthMiddleware: under("/v1/fleet/"),
         FleetEventLogMiddleware: under("/v1/fleet/"),
-        RuntimeTracingMiddleware: lambda _scope: os.getenv("FLWR_TRACING_ENABLED") == "1",
+        RuntimeTracingMiddleware: tracing_enabled,
     }
 
     def scoped() -> list[Middleware]:

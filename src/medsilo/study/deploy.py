@@ -182,7 +182,7 @@ def _alive_at_checkpoint(out: Path, text: str) -> list[str] | None:
     )
 
 
-def coordinate(grid: Any, study: Path, out: Path, poll: float = 0.01) -> RunDirectory:
+def coordinate(grid: Any, study: Path, out: Path, poll: float = 0.025) -> RunDirectory:
     """The ServerApp's work: run (or resume) ``study`` into the run directory ``out``."""
     config, text = load_study(study)
     sites = check_deployable(config, str(study))
@@ -195,7 +195,7 @@ def coordinate_config(
     text: str,
     sites: list[str],
     out: Path,
-    poll: float = 0.01,
+    poll: float = 0.025,
     meta: dict[str, Any] | None = None,
 ) -> RunDirectory:
     """:func:`coordinate` for a parsed study whose expected ``sites`` are known
