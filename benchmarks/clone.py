@@ -227,7 +227,8 @@ def anonymity(datasets: list[str], seeds: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["heart", "eicu"])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first, first + 1, ...")
     parser.add_argument("--epsilons", nargs="+", type=float, default=[0.5, 1.0, 4.0])
     parser.add_argument("--mechanism", choices=["mst", "aim"], default="mst")
     parser.add_argument(
@@ -241,9 +242,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--summarize",
+        nargs="+",
         metavar="RESULTS",
-        help="re-summarize results/RESULTS.json (an earlier run of the same grid, which must "
-        "be given as --datasets/--epsilons/--mechanism/--target/--seeds) into --name",
+        help="re-summarize results/RESULTS.json files (earlier runs of one grid, given as "
+        "--datasets/--epsilons/--mechanism/--target/--first-seed/--seeds; a seed found twice "
+        "is taken from the first file) into --name",
     )
     args = parser.parse_args()
     if args.anonymity:
@@ -255,7 +258,7 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     for dataset in args.datasets:
         for epsilon in args.epsilons:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 run = one_run(dataset, seed, epsilon, args.mechanism, args.target)
                 runs.append(run)
                 print(
@@ -270,12 +273,15 @@ def main() -> int:
 
 
 def summarize(args: argparse.Namespace) -> int:
-    """``--summarize``: the summary of an earlier results file, with what runs written before
+    """``--summarize``: the summary of earlier results files, with what runs written before
     this script recorded them lacked: the attack's member and non-member counts (from the
     seed's split, as :func:`medsilo.clone.evaluate.membership_attack` draws them); peak RSS
     stays unknown ("n/a")."""
-    source = json.loads((RESULTS / f"{args.summarize}.json").read_text(encoding="utf-8"))
-    runs = source["runs"]
+    runs: list[dict[str, Any]] = []
+    for name in args.summarize:
+        source = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+        have = {(r["dataset"], r["epsilon"], r["seed"]) for r in runs}
+        runs += [r for r in source["runs"] if (r["dataset"], r["epsilon"], r["seed"]) not in have]
     for run in runs:
         if "attack_members" not in run:
             frame, _, _ = builtin.load(run["dataset"])
@@ -285,7 +291,7 @@ def summarize(args: argparse.Namespace) -> int:
             run["attack_non_members"] = float(non_members)
     if not args.name:
         raise SystemExit("--summarize needs --name for the new results file")
-    report(args, runs, datetime.now(UTC), f"results/{args.summarize}")
+    report(args, runs, datetime.now(UTC), ", ".join(f"results/{n}" for n in args.summarize))
     return 0
 
 
@@ -378,14 +384,15 @@ def report(
             else " with the label's triples in the workload"
         )
     body = (
-        f"Mechanism: {mechanism}, delta = 1e-6, seeds 0-{args.seeds - 1} asked, the column "
+        f"Mechanism: {mechanism}, delta = 1e-6, seeds {args.first_seed}-"
+        f"{args.first_seed + args.seeds - 1} asked, the column "
         "'seeds' says how many ran (mean ± sd); AUROC on the real holdout (25 %, stratified). "
         "Attack AUROC 0.5 = no better than chance; 'attack (max)' is the larger of DOMIAS "
         "and the distance attack per seed, with a 95 % t-interval of its mean over seeds; "
         "'null SE' is the standard error of one attack AUROC at chance on that many members "
         "and non-members (Hanley & McNeil 1982)."
         + (
-            f" Runs re-summarized from `{source}.json` (that file has their dates).\n\n"
+            f" Runs re-summarized from {source} (.json; their dates and machines are there).\n\n"
             if source
             else "\n\n"
         )
