@@ -127,6 +127,21 @@ class PhaseSection(_Section):
     """AdamW: fraction of the phase's steps spent warming the learning rate up."""
     clip_norm: float = Field(default=1.0, ge=0)
     """AdamW: gradient-norm clipping (0: none)."""
+    local_steps: int | None = Field(default=None, ge=1)
+    """AdamW: optimizer steps per round instead of ``local_epochs`` full epochs (more,
+    shorter rounds: less client drift between providers); the site's data order runs on
+    across rounds, so every row is still seen once per epoch."""
+    keep_moments: bool = False
+    """AdamW: each site keeps its Adam moments between rounds (they never leave it).
+    The default restarts them every round: measured, a from-scratch tagger trained with
+    continuous AdamW stalls on the all-``O`` plateau where restarted moments (whose first
+    step is a sign step of size ``lr``) learn (docs/text.md)."""
+
+    def round_steps(self, rows: int) -> int:
+        """Optimizer steps a site with ``rows`` rows takes per round."""
+        if self.local_steps is not None:
+            return self.local_steps
+        return self.local_epochs * -(-rows // self.batch_size)
 
     def schedule(
         self, rows: int, epochs: int | None = None, lr: float | None = None
@@ -134,7 +149,7 @@ class PhaseSection(_Section):
         """The AdamW schedule of a site with ``rows`` rows over the whole phase (or over
         ``epochs`` epochs, for the local step)."""
         per_epoch = -(-rows // self.batch_size)
-        total = per_epoch * (self.rounds * self.local_epochs if epochs is None else epochs)
+        total = self.rounds * self.round_steps(rows) if epochs is None else per_epoch * epochs
         return AdamWSchedule(
             lr=self.lr if lr is None else lr,
             total_steps=max(total, 1),
@@ -219,6 +234,14 @@ class TextStudy(_Section):
                 "optimizer: DP-SGD runs with SGD (its accounting is for the noisy SGD "
                 "step); set optimizer = 'sgd' in [pretrain] and [finetune] with [privacy]"
             )
+        for phase in ("pretrain", "finetune"):
+            if getattr(self, phase).local_steps is not None and (
+                getattr(self, phase).optimizer != "adamw"
+            ):
+                raise ValueError(
+                    f"{phase}.local_steps: steps per round are for optimizer = 'adamw'; "
+                    "with SGD set local_epochs"
+                )
         if self.strategy.name == "fedltn":
             raise ValueError("strategy.name: 'fedltn' is not available for text studies")
         return self
@@ -356,6 +379,8 @@ class TextSite(Site):
         dp: LocalDp | None = None,
         adamw: AdamWSchedule | None = None,
         first_round: int = 1,
+        round_steps: int | None = None,
+        keep_moments: bool = False,
     ) -> None:
         super().__init__(index, data, model_factory, frozenset(), seed, dp=dp)
         self.task = task
@@ -363,6 +388,10 @@ class TextSite(Site):
         self.adamw = adamw
         """AdamW instead of SGD (non-private only); its steps count from ``first_round``."""
         self.first_round = first_round
+        self.round_steps = round_steps
+        """AdamW steps per round (None: the plan's ``local_epochs`` epochs)."""
+        self.moments: dict[str, Any] | None = {} if keep_moments else None
+        """Adam's moments, kept here between rounds (never sent)."""
 
     def on_plan(self, plan: RoundPlan) -> Update | Refusal:
         if self.task == "mlm":
@@ -381,16 +410,19 @@ class TextSite(Site):
         self._load_global(plan.weights)
         anchor = self._proximal_anchor(plan)
         x, y = self._tensors["train"]
-        per_round = plan.config.local_epochs * -(-len(y) // plan.config.batch_size)
+        per_round = self.round_steps or plan.config.local_epochs * -(
+            -len(y) // plan.config.batch_size
+        )
         loss = train_adamw(
             self.model,
             x,
             y,
             schedule,
-            epochs=plan.config.local_epochs,
             batch_size=plan.config.batch_size,
-            seed=derive_seed(self.seed, self.index, plan.round),
+            seed=derive_seed(self.seed, self.index, self.first_round),
             start_step=(plan.round - self.first_round) * per_round,
+            steps=per_round,
+            moments=self.moments,
             anchor=anchor,
             proximal_mu=plan.config.proximal_mu,
         )
@@ -568,6 +600,8 @@ def run_pipeline(
                 if privacy and ledgers
                 else None,
                 adamw=_adamw(study.pretrain, len(m.mlm)),
+                round_steps=study.pretrain.round_steps(len(m.mlm)),
+                keep_moments=study.pretrain.keep_moments,
             )
             for i, m in enumerate(members)
         }
@@ -599,6 +633,8 @@ def run_pipeline(
             if privacy and ledgers
             else None,
             adamw=_adamw(study.finetune, len(m.tagging)),
+            round_steps=study.finetune.round_steps(len(m.tagging)),
+            keep_moments=study.finetune.keep_moments,
             first_round=offset + 1,
         )
     first = next(iter(sites.values())).model

@@ -409,47 +409,65 @@ def train_adamw(
     y: torch.Tensor,
     schedule: AdamWSchedule,
     *,
-    epochs: int,
+    epochs: int = 1,
     batch_size: int,
     seed: int,
     start_step: int = 0,
+    steps: int | None = None,
+    moments: dict[str, Any] | None = None,
     anchor: Mapping[str, torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
 ) -> float:
-    """``epochs`` epochs of mini-batch AdamW on ``(x, y)`` with ``F.cross_entropy``
-    (positions labelled :data:`IGNORE` take no loss), the step counter starting at
-    ``start_step`` of ``schedule``; only parameters with ``requires_grad`` train. Adam's
-    moments start from zero at every call (each federated round: they stay local and are
-    never averaged). ``anchor``/``proximal_mu``: FedProx's term ``mu/2 ||w - anchor||^2``.
-    Returns the mean training loss."""
+    """Mini-batch AdamW on ``(x, y)`` with ``F.cross_entropy`` (positions labelled
+    :data:`IGNORE` take no loss): steps ``start_step .. start_step + steps - 1`` of
+    ``schedule`` (``steps`` defaults to ``epochs`` epochs); only parameters with
+    ``requires_grad`` train. Returns the mean training loss.
+
+    Step ``k`` takes its batch from epoch ``k // ceil(rows / batch_size)``, whose order is
+    a permutation drawn from ``(seed, epoch)``: a caller that runs a phase in pieces (a
+    federated round of a few steps) with the same ``seed`` sees every row once per epoch,
+    as in one uninterrupted run. Dropout is drawn from ``(seed, start_step)``.
+
+    ``moments``: Adam's first and second moments (and step count) carried from the
+    previous call, updated in place; None starts them from zero at every call. The
+    text studies restart them every round (``keep_moments = false``, measured better:
+    docs/text.md, "Why federated tagging collapsed").
+    ``anchor``/``proximal_mu``: FedProx's term ``mu/2 ||w - anchor||^2``."""
     from medsilo.tasks.models import seeded_cpu_rng
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(
         params.values(), lr=schedule.lr, weight_decay=schedule.weight_decay
     )
-    generator = torch.Generator().manual_seed(seed)
+    if moments:
+        optimizer.load_state_dict(moments)
+    per_epoch = max(1, -(-len(y) // batch_size))
+    count = epochs * per_epoch if steps is None else steps
+    order, epoch_of = torch.empty(0, dtype=torch.long), -1
     model.train()
-    total, batches, step = 0.0, 0, start_step
-    with seeded_cpu_rng(seed):  # dropout masks
-        for _ in range(epochs):
-            order = torch.randperm(len(y), generator=generator)
-            for start in range(0, len(y), batch_size):
-                idx = order[start : start + batch_size]
-                for group in optimizer.param_groups:
-                    group["lr"] = schedule.lr * schedule.factor(step)
-                optimizer.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                if proximal_mu > 0 and anchor is not None:
-                    prox = sum(
-                        ((params[k] - a) ** 2).sum() for k, a in anchor.items() if k in params
-                    )
-                    loss = loss + 0.5 * proximal_mu * prox
-                loss.backward()  # type: ignore[no-untyped-call]
-                if schedule.clip_norm > 0:
-                    nn.utils.clip_grad_norm_(list(params.values()), schedule.clip_norm)
-                optimizer.step()
-                total += float(loss.detach())
-                batches += 1
-                step += 1
-    return total / max(batches, 1)
+    total = 0.0
+    dropout_seed = int(np.random.SeedSequence([seed, start_step]).generate_state(1)[0])
+    with seeded_cpu_rng(dropout_seed):
+        for step in range(start_step, start_step + count):
+            epoch, slot = divmod(step, per_epoch)
+            if epoch != epoch_of:
+                draw = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+                order = torch.randperm(len(y), generator=torch.Generator().manual_seed(draw))
+                epoch_of = epoch
+            idx = order[slot * batch_size : (slot + 1) * batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.lr * schedule.factor(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            if proximal_mu > 0 and anchor is not None:
+                prox = sum(((params[k] - a) ** 2).sum() for k, a in anchor.items() if k in params)
+                loss = loss + 0.5 * proximal_mu * prox
+            loss.backward()  # type: ignore[no-untyped-call]
+            if schedule.clip_norm > 0:
+                nn.utils.clip_grad_norm_(list(params.values()), schedule.clip_norm)
+            optimizer.step()
+            total += float(loss.detach())
+    if moments is not None:
+        moments.clear()
+        moments.update(optimizer.state_dict())
+    return total / max(count, 1)
