@@ -18,7 +18,9 @@ each site's test accuracy and QWK of the final model; mean ± sd over seeds 0-4 
 fixes the split and the initial weights; DP noise comes from fresh site secrets by design).
 
 Protocols, the same total expected batch (10 B records per step, B = ``--site-batch``,
-10 by default) and lr in every setting:
+3 by default: q = 3/90.5 = 0.033 per site, Dopamine's own rate of 0.034; at larger q the
+Skellam noise that distributed DP needs grows past central DP's, see
+``benchmarks/skellam_price.py``) and lr in every setting:
 * Dopamine: ``mode = "distributed"``, batch B per site (q = B/n_i), one DP-SGD step
   of the federation per round, ``ROUNDS_STEP`` rounds, FedAvgM server momentum 0.9 (the
   coordinator's SGD with momentum on the decoded noisy gradient), secure aggregation
@@ -71,7 +73,7 @@ from medsilo.study.run import run_study_text
 logging.getLogger("absl").setLevel(logging.ERROR)
 
 ROUNDS_STEP = 300
-"""DP-SGD steps of every setting (33 epochs of the 905 training rows at B = 10)."""
+"""DP-SGD steps of every setting (10 epochs of the 905 training rows at B = 3)."""
 TRAIN_ROWS = 905
 """Training rows of RetinaMNIST's 1,600 after each site's test and validation splits."""
 SITES = 10
@@ -238,7 +240,7 @@ def main() -> int:
     parser.add_argument(
         "--site-batch",
         type=int,
-        default=10,
+        default=3,
         help="expected records per site per step (q = B/90.5); the pooled settings use 10 B",
     )
     parser.add_argument(
