@@ -144,3 +144,52 @@ def test_throttled_method_runs_at_most_once_per_period() -> None:
     time.sleep(0.25)
     one.sweep()
     assert one.sweeps == 2
+
+
+class Clock:
+    """``time`` for :class:`Backoff`: sleeping advances the clock, and is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
+def test_backoff_sleeps_through_the_expected_quiet_stretch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(flower_runtime, "time", clock)
+    backoff = flower_runtime.Backoff(0.025, 0.2, anticipate=0.6)
+    backoff.quiet()  # nothing learnt yet: fast polls doubling up to the cap
+    for _ in range(5):
+        backoff.wait()
+    assert clock.slept == [0.025, 0.05, 0.1, 0.2, 0.2]
+    clock.now = 1.0
+    backoff.reset()  # the stretch lasted 1 s
+    backoff.quiet()
+    clock.slept.clear()
+    backoff.wait()  # sleeps to 0.6 s into the stretch, then polls fast again
+    backoff.wait()
+    backoff.wait()
+    assert clock.slept == [0.6, 0.025, 0.05]
+    for stretch in (0.2, 1.0):  # the shortest of the last three counts
+        backoff.quiet()
+        clock.now += stretch
+        backoff.reset()
+    backoff.quiet()
+    clock.slept.clear()
+    backoff.wait(longest=0.05)  # capped by the caller's deadline
+    backoff.wait()  # the rest of the anticipated 0.12 s
+    backoff.wait()
+    assert clock.slept == [0.05, 0.07, 0.025]
+    backoff.reset()  # activity without a quiet stretch: nothing anticipated
+    clock.slept.clear()
+    backoff.wait()
+    assert clock.slept == [0.025]

@@ -98,11 +98,16 @@ def wire_bytes(content: RecordDict) -> int:
 
 class Exchange:
     """One stage: a message to each site, replies collected until all arrived or the
-    timeout (Flower's ``Grid``; polls every ``poll`` seconds instead of 3 s)."""
+    timeout (Flower's ``Grid``; polls from ``poll`` seconds backing off to 0.1 s instead
+    of every 3 s, after sleeping through the first ``anticipate`` share of the time the
+    first reply took in the last stages of this message type: each poll is a request the
+    SuperLink answers with database work)."""
 
-    def __init__(self, grid: Any, poll: float = 0.025) -> None:
+    def __init__(self, grid: Any, poll: float = 0.025, anticipate: float = 0.6) -> None:
         self.grid = grid
         self.poll = poll
+        self.anticipate = anticipate
+        self.backoffs: dict[str, Backoff] = {}
         self.bytes_down = 0
         self.bytes_up = 0
 
@@ -120,7 +125,8 @@ class Exchange:
         replies: dict[int, RecordDict] = {}
         failed: dict[int, str] = {}
         deadline = time.monotonic() + timeout
-        backoff = Backoff(self.poll, 0.1)
+        backoff = self.backoffs.setdefault(message_type, Backoff(self.poll, 0.1, self.anticipate))
+        backoff.quiet()  # until the first reply
         while pending and time.monotonic() < deadline:
             for reply in self.grid.pull_messages(list(pending)):
                 backoff.reset()
@@ -133,7 +139,7 @@ class Exchange:
                     replies[node] = reply.content
                     self.bytes_up += wire_bytes(reply.content)
             if pending:
-                backoff.wait()
+                backoff.wait(max(0.0, deadline - time.monotonic()))
         for node in pending.values():
             failed[node] = f"no reply within {timeout:g} s"
         return replies, failed
@@ -510,7 +516,7 @@ def serve_site(
 
     # one try per poll: when the SuperNode is gone (refused, stopped) ``stop`` says so
     tasks = connect(RuntimeVersionHttpInterceptor(component_name="SuperExec"), tries=1)
-    backoff = Backoff(poll, 0.2)
+    backoff = Backoff(poll, 0.2, anticipate=0.6)  # see Backoff: quiet after each task
     while not stop():
         try:
             acquired = tasks.AcquireTask(
@@ -533,6 +539,7 @@ def serve_site(
             log.warning("task dropped: %s: %s", type(exc).__name__, exc)
         finally:
             client.close()
+            backoff.quiet()  # the next task comes with the coordinator's next stage
 
 
 def array_digest(weights: Mapping[str, np.ndarray]) -> str:

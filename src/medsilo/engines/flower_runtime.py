@@ -8,6 +8,7 @@ Flower 1.41 internals where no option exists; flwr is pinned to 1.41.0.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sys
@@ -18,16 +19,43 @@ from typing import Any
 
 class Backoff:
     """Polling delays: ``fast`` right after activity, doubling while idle up to ``slow``
-    (fast during a round's stages, cheap for the SuperLink between rounds)."""
+    (fast during a round's stages, cheap for the SuperLink between rounds).
 
-    def __init__(self, fast: float = 0.005, slow: float = 0.2) -> None:
+    With ``anticipate`` > 0 it also learns how long the quiet stretches between messages
+    last: a stretch starts at :meth:`quiet` (a reply was sent, a stage pushed) and ends
+    at :meth:`reset` (the next message came). The first wait of a stretch then sleeps
+    until ``anticipate`` times the shortest of the last three stretches has passed, and
+    only then polls, fast: the polls gather around the moment the next message is due
+    instead of being spent while none can come (a round's rhythm repeats; the shortest
+    of three keeps one slow round from delaying the next)."""
+
+    def __init__(self, fast: float = 0.005, slow: float = 0.2, anticipate: float = 0.0) -> None:
         self.fast, self.slow, self.idle = fast, slow, 0
+        self.anticipate = anticipate
+        self.stretches: collections.deque[float] = collections.deque(maxlen=3)
+        self.quiet_since: float | None = None
 
-    def reset(self) -> None:
+    def quiet(self) -> None:
+        """A quiet stretch begins: nothing is expected right away."""
+        self.quiet_since = time.monotonic()
         self.idle = 0
 
-    def wait(self) -> None:
-        time.sleep(min(self.slow, self.fast * 2.0 ** min(self.idle, 16)))
+    def reset(self) -> None:
+        """Activity: poll fast again (and learn the stretch that just ended)."""
+        if self.quiet_since is not None:
+            self.stretches.append(time.monotonic() - self.quiet_since)
+            self.quiet_since = None
+        self.idle = 0
+
+    def wait(self, longest: float = float("inf")) -> None:
+        """Sleep before the next poll (never more than ``longest`` seconds)."""
+        if self.idle == 0 and self.anticipate > 0 and self.quiet_since is not None:
+            due = self.anticipate * min(self.stretches, default=0.0)
+            ahead = due - (time.monotonic() - self.quiet_since)
+            if ahead > self.fast:
+                time.sleep(min(ahead, longest))
+                return  # the next wait polls fast (``ahead`` has passed)
+        time.sleep(min(self.slow, self.fast * 2.0 ** min(self.idle, 16), longest))
         self.idle += 1
 
 
@@ -42,12 +70,18 @@ def fast_object_pulls(module: Any, name: str = "pull_objects", initial: float = 
 
 
 def run_supernode(
-    argv: Sequence[str], fast: float = 0.025, slow: float = 0.2, reconnect: float = 2.0
+    argv: Sequence[str],
+    fast: float = 0.025,
+    slow: float = 0.2,
+    reconnect: float = 2.0,
+    anticipate: float = 0.6,
 ) -> None:
     """``flower-supernode ARGV`` with shorter waits in Flower 1.41's
     ``start_client_internal``: its idle poll of the SuperLink (3 s) backs off from
     ``fast`` to ``slow`` (each poll is an HTTPS request the SuperLink answers with a
-    database write; the next message never comes within 25 ms of a reply), and its
+    database write; the next message never comes within 25 ms of a reply), after
+    sleeping through the first ``anticipate`` share of the expected quiet stretch
+    (:class:`Backoff`), and its
     waits for the ClientApp's reply and its objects (0.5 s, a look at its own memory)
     back off from 5 ms to 50 ms (a 5 ms spin would take CPU from the training).
     While the SuperLink is down (a coordinator restart) the SuperNode retries with
@@ -85,15 +119,21 @@ def run_supernode(
         fleet_http_connection, "make_simple_http_retry_invoker", invoker_waiting_for_registration
     )
 
-    backoff = Backoff(fast, slow)
+    backoff = Backoff(fast, slow, anticipate)
     busy = Backoff(0.005, 0.05)
+    processing = [False]
 
     def sleep(seconds: float) -> None:
         if seconds >= 1:  # nothing to pull: back off
+            if processing[0]:  # the reply has just been sent: a quiet stretch begins
+                processing[0] = False
+                backoff.quiet()
             busy.reset()
             backoff.wait()
         else:  # a message is being processed: look again soon, without spinning
-            backoff.reset()
+            if not processing[0]:
+                processing[0] = True
+                backoff.reset()
             busy.wait()
 
     fast_object_pulls(start_client_internal)
