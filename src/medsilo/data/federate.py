@@ -46,7 +46,7 @@ class PartitionSpec(BaseModel):
 
 def federate(raw: RawDataset, spec: PartitionSpec, seed: int) -> tuple[FederatedData, list[str]]:
     """Return the federated splits and a list of warnings (dropped sites)."""
-    names, parts = _partition(raw, spec, seed)
+    names, parts = partition_rows(raw, spec, seed)
     warnings: list[str] = []
     kept_names, kept_parts = [], []
     for name, rows in zip(names, parts, strict=True):
@@ -99,9 +99,13 @@ def federate(raw: RawDataset, spec: PartitionSpec, seed: int) -> tuple[Federated
     return data, warnings
 
 
-def _partition(
+def partition_rows(
     raw: RawDataset, spec: PartitionSpec, seed: int
 ) -> tuple[list[str], list[np.ndarray]]:
+    """The sites' names and, for each, the indices of its rows in ``raw``: the natural
+    sites (optionally a named subset) or a simulated partition drawn from ``seed``, before
+    any split or preprocessing (:func:`federate` splits and preprocesses them; federated
+    cloning clones them)."""
     rng = np.random.default_rng([seed, 0])
     if spec.partition == "natural":
         if raw.sites is None:

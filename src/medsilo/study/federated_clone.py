@@ -39,7 +39,7 @@ import torch
 from medsilo.clone.builtin import SCHEMAS, as_text
 from medsilo.clone.release import EpsilonTooSmallError, MechanismName, make_clone
 from medsilo.clone.schema import CloneSchema, load_schema
-from medsilo.data.federate import _partition
+from medsilo.data.federate import partition_rows
 from medsilo.data.preprocess import TabularPreprocessor
 from medsilo.data.split import stratified_split
 from medsilo.data.types import FederatedData, RawTable
@@ -96,7 +96,7 @@ def site_rows(raw: RawTable, config: StudyConfig, data: FederatedData) -> list[S
     :func:`~medsilo.data.federate.federate` draws them (same partition, same generator),
     and checked against the federation's labels."""
     spec, seed = config.data, config.study.seed
-    names, parts = _partition(raw, spec, seed)
+    names, parts = partition_rows(raw, spec, seed)
     split_rng = np.random.default_rng([seed, 1])
     kept = {s.name: s for s in data.sites}
     out: list[SiteRows] = []
