@@ -95,6 +95,26 @@ test_fraction = 0.25"""
 """eICU mortality with the 5 US regions as sites."""
 
 
+def dp_sections(
+    mode: str, clip: float, epsilon: float, delta: float, budget: float | None = None
+) -> str:
+    """The ``[privacy]`` and ``[budgets]`` sections: DP in ``mode`` calibrated to
+    ``epsilon`` at ``delta`` (RDP accountant), every site's budget ``budget`` epsilon
+    (default: ``epsilon``, the whole budget spent by the study)."""
+    budget = epsilon if budget is None else budget
+    return f"""
+[privacy]
+mode = "{mode}"
+clip = {clip}
+target_epsilon = {epsilon}
+delta = {delta}
+accountant = "rdp"
+
+[budgets]
+default = {{ epsilon = {budget}, delta = {delta} }}
+"""
+
+
 def logreg_study(
     *,
     name: str,
@@ -113,25 +133,17 @@ def logreg_study(
     """The study text of the table benchmarks: logistic regression, ``data`` (the
     ``[data]`` section's body, e.g. :data:`HEART_DATA`), the strategy with its options
     (``None`` values left out), local-only and pooled baselines on or off, and with
-    ``dp = {"clip", "epsilon", "delta"}`` record-level DP-SGD at every site calibrated to
-    epsilon (each site's budget the same)."""
+    ``dp = {"clip", "epsilon", "delta"[, "budget"]}`` record-level DP-SGD at every site
+    calibrated to epsilon (:func:`dp_sections`)."""
     extra = "".join(
         f"\n{key} = {value}" for key, value in (strategy_options or {}).items() if value is not None
     )
     flag = "true" if baselines else "false"
     privacy = ""
     if dp is not None:
-        privacy = f"""
-[privacy]
-mode = "local"
-clip = {dp["clip"]}
-target_epsilon = {dp["epsilon"]}
-delta = {dp["delta"]}
-accountant = "rdp"
-
-[budgets]
-default = {{ epsilon = {dp["epsilon"]}, delta = {dp["delta"]} }}
-"""
+        privacy = dp_sections(
+            "local", dp["clip"], dp["epsilon"], dp["delta"], budget=dp.get("budget")
+        )
     return f"""
 [study]
 name = "{name}"

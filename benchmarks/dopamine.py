@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from _common import fmt_mean_sd, md_table, mean_sd, write_results
+from _studies import dp_sections
 
 from medsilo.report.rundir import BASELINES_FILE
 from medsilo.study.run import run_study_text
@@ -78,6 +79,7 @@ TRAIN_ROWS = 905
 """Training rows of RetinaMNIST's 1,600 after each site's test and validation splits."""
 SITES = 10
 LR = 0.05
+CLIP = 2.0
 DELTA = 1e-4
 
 COMMON = """
@@ -110,18 +112,6 @@ name = "{strategy}"
 [baselines]
 local_only = false
 pooled = {pooled}
-"""
-
-PRIVACY = """
-[privacy]
-mode = "{mode}"
-clip = 2.0
-target_epsilon = {epsilon}
-delta = {delta}
-accountant = "rdp"
-
-[budgets]
-default = {{ epsilon = {epsilon}, delta = {delta} }}
 """
 
 SECURE = """
@@ -179,7 +169,7 @@ def study(
     )
     if setting in ("CDP", "FPDP", "Dopamine"):
         mode = "distributed" if dopamine else "local"
-        text += PRIVACY.format(mode=mode, epsilon=epsilon, delta=DELTA)
+        text += dp_sections(mode, CLIP, epsilon, DELTA)
     if dopamine:
         text += SECURE.format(dropout_rate=dropout_rate)
     return text

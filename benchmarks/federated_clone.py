@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_mean_sd, md_table, write_results
+from _studies import logreg_study
 
 from medsilo.study.federated_clone import SETTINGS, run_federated_clone
 
@@ -47,45 +48,21 @@ DATA = {
 
 
 def study_text(dataset: str, epsilon: float, seed: int) -> str:
+    """DP-FedAvg with both baselines on the dataset's natural sites; every site's budget
+    is twice epsilon, so that the training leaves room for the site's clone."""
     batch, rounds, lr = CHOSEN[(dataset, epsilon)]
-    return f"""
-[study]
-name = "fc-{dataset}"
-seed = {seed}
-rounds = {rounds}
-evaluate_every = {rounds}
-
-[data]
-{DATA[dataset]}
-partition = "natural"
-val_fraction = 0.15
-test_fraction = 0.25
-
-[model]
-name = "logreg"
-
-[train]
-local_epochs = 1
-batch_size = {batch}
-lr = {lr}
-
-[strategy]
-name = "fedavg"
-
-[baselines]
-local_only = true
-pooled = true
-
-[privacy]
-mode = "local"
-clip = 1.0
-target_epsilon = {epsilon}
-delta = {DELTA}
-accountant = "rdp"
-
-[budgets]
-default = {{ epsilon = {2 * epsilon}, delta = {DELTA} }}
-"""
+    return logreg_study(
+        name=f"fc-{dataset}",
+        seed=seed,
+        rounds=rounds,
+        evaluate_every=rounds,
+        data=f'{DATA[dataset]}\npartition = "natural"\nval_fraction = 0.15\ntest_fraction = 0.25',
+        local_epochs=1,
+        batch=batch,
+        lr=lr,
+        baselines=True,
+        dp={"clip": 1.0, "epsilon": epsilon, "delta": DELTA, "budget": 2 * epsilon},
+    )
 
 
 def one_run(dataset: str, epsilon: float, seed: int) -> dict[str, Any]:

@@ -46,19 +46,30 @@ from medsilo.tasks.deid import PHI_MAP
 LANGUAGES = ("English", "French", "Italian", "Spanish", "Basque")
 
 _ADAMW = {"optimizer": "adamw", "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01}
+_SMALL_MODEL = {
+    "layers": 1,
+    "hidden": 64,
+    "heads": 2,
+    "intermediate": 128,
+    "max_len": 48,
+    "overlap": 8,
+}
+"""1 x 64 BERT of the small presets."""
+_BASE_MODEL = {
+    "layers": 2,
+    "hidden": 128,
+    "heads": 2,
+    "intermediate": 512,
+    "max_len": 64,
+    "overlap": 16,
+}
+"""2 x 128 BERT: the largest the 2-core machine trains in a session."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     # AdamW with warmup + linear decay (docs/text.md, "Why the first runs did not learn");
     # sized for ~1 h on the shared 2-core machine. "deid" / "e3c" override per experiment.
     "adamw": {
-        "model": {
-            "layers": 2,
-            "hidden": 128,
-            "heads": 2,
-            "intermediate": 512,
-            "max_len": 64,
-            "overlap": 16,
-        },
+        "model": _BASE_MODEL,
         "pretrain": {"rounds": 2, "local_epochs": 1, **_ADAMW, "lr": 1e-3},
         "finetune": {"rounds": 5, "local_epochs": 1, **_ADAMW},
         "local_step": {"fine_tune_epochs": 1, "fine_tune_lr": 5e-4},
@@ -74,14 +85,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # collapsed"): the same fine-tuning steps per site cut into rounds of a few steps
     # instead of one epoch, and lr 5e-3 (better in the 600-sentence diagnosis).
     "rounds": {
-        "model": {
-            "layers": 2,
-            "hidden": 128,
-            "heads": 2,
-            "intermediate": 512,
-            "max_len": 64,
-            "overlap": 16,
-        },
+        "model": _BASE_MODEL,
         "pretrain": {"rounds": 2, "local_epochs": 1, **_ADAMW, "lr": 1e-3},
         "finetune": {"rounds": 22, "local_steps": 5, **_ADAMW, "lr": 5e-3},
         "local_step": {"fine_tune_epochs": 1, "fine_tune_lr": 5e-4},
@@ -94,24 +98,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "provider_sentences": 2000,
         },
     },
-    # "rounds" at lr 2e-3 (the learning rate of the local taggers that learnt; at 5e-3
-    # and 2,000 sentences every setting stayed on the all-O plateau: ner_rounds_deid).
-    "rounds_2e-3": {
-        "deid": {
-            "pretrain": {"rounds": 0},
-            "finetune": {"rounds": 25, "local_steps": 10, **_ADAMW, "lr": 2e-3},
-            "provider_sentences": 2000,
-        },
-    },
     "full": {
-        "model": {
-            "layers": 2,
-            "hidden": 128,
-            "heads": 2,
-            "intermediate": 512,
-            "max_len": 64,
-            "overlap": 16,
-        },
+        "model": _BASE_MODEL,
         "pretrain": {"rounds": 4, "local_epochs": 1, "batch_size": 16, "lr": 0.05},
         "finetune": {"rounds": 12, "local_epochs": 1, "batch_size": 16, "lr": 0.05},
         "local_step": {"fine_tune_epochs": 3},
@@ -120,14 +108,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The "small" preset's data, model and rounds with AdamW instead of SGD: the same run
     # as ner_small_e3c but for the optimizer.
     "small_adamw": {
-        "model": {
-            "layers": 1,
-            "hidden": 64,
-            "heads": 2,
-            "intermediate": 128,
-            "max_len": 48,
-            "overlap": 8,
-        },
+        "model": _SMALL_MODEL,
         "pretrain": {"rounds": 1, "local_epochs": 1, **_ADAMW, "batch_size": 16},
         "finetune": {"rounds": 8, "local_epochs": 1, **_ADAMW, "lr": 3e-3, "batch_size": 16},
         "local_step": {"fine_tune_epochs": 2, "fine_tune_lr": 1e-3},
@@ -138,14 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # "small_adamw" with the fine-tuning cut into rounds of a few steps (as "rounds"):
     # 8 epochs of ~22 steps per provider, 8 steps a round.
     "small_rounds": {
-        "model": {
-            "layers": 1,
-            "hidden": 64,
-            "heads": 2,
-            "intermediate": 128,
-            "max_len": 48,
-            "overlap": 8,
-        },
+        "model": _SMALL_MODEL,
         "pretrain": {"rounds": 1, "local_epochs": 1, **_ADAMW, "batch_size": 16},
         "finetune": {"rounds": 22, "local_steps": 8, **_ADAMW, "lr": 5e-3, "batch_size": 16},
         "local_step": {"fine_tune_epochs": 2, "fine_tune_lr": 1e-3},
@@ -154,14 +128,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vocab_size": 2000,
     },
     "small": {
-        "model": {
-            "layers": 1,
-            "hidden": 64,
-            "heads": 2,
-            "intermediate": 128,
-            "max_len": 48,
-            "overlap": 8,
-        },
+        "model": _SMALL_MODEL,
         "pretrain": {"rounds": 1, "local_epochs": 1, "batch_size": 16, "lr": 0.05},
         "finetune": {"rounds": 8, "local_epochs": 1, "batch_size": 16, "lr": 0.05},
         "local_step": {"fine_tune_epochs": 2},
@@ -183,6 +150,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "local_step": {"fine_tune_epochs": 1},
         "public_sentences": 300,
         "provider_sentences": 200,
+    },
+}
+# "rounds" at lr 2e-3 (the learning rate of the local taggers that learnt; at 5e-3 and 2,000
+# sentences every setting stayed on the all-O plateau: ner_rounds_deid).
+PRESETS["rounds_2e-3"] = {
+    **PRESETS["rounds"],
+    "deid": {
+        "pretrain": {"rounds": 0},
+        "finetune": {"rounds": 25, "local_steps": 10, **_ADAMW, "lr": 2e-3},
+        "provider_sentences": 2000,
     },
 }
 
@@ -668,8 +645,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
         return 0
     preset = PRESETS[args.preset or ("quick" if args.quick else "full")]
-    if args.preset == "rounds_2e-3":
-        preset = {**PRESETS["rounds"], **preset}
     experiments = ["e3c", "deid"] if args.experiment == "all" else [args.experiment]
     with tempfile.TemporaryDirectory() as split_dir:
         _split_grascco(args.data, Path(split_dir))
