@@ -30,7 +30,7 @@ from medsilo.privacy.events import SkellamEvent
 from medsilo.privacy.ledger import Ledger
 from medsilo.report.rundir import RunDirectory
 from medsilo.report.summary import privacy_table
-from medsilo.secagg.messages import UnmaskRequest
+from medsilo.secagg.messages import Setup, UnmaskRequest
 from medsilo.study.config import parse_study
 from medsilo.study.run import attach_privacy, build_federation, run_study_text
 
@@ -151,6 +151,28 @@ def test_ledgers_hold_both_views_and_the_outcome(tmp_path: Path) -> None:
         spent = dp.ledger.epsilon_spent()
         assert spent < dp.ledger.epsilon_spent(view="collusion")
         assert dp.ledger.verify().epsilon_spent == pytest.approx(spent)
+
+
+def test_a_release_is_marked_sent_once_its_masked_input_is_handed_over(tmp_path: Path) -> None:
+    fed = _federation(tmp_path, dropout=0.5)  # t = 2 of 4: the session goes on without one
+    plans = fed.coordinator.plan(1)
+    replies = [fed.sites[n].on_plan(p) for n, p in plans.items()]
+    for site in fed.sites.values():
+        site.mark_sent()  # the Update carries no release: it leaves with the masked input
+        assert [e.sent_at for e in site.dp.ledger.releases()] == [None]
+    outbox = fed.coordinator.secagg_open([r.site for r in replies if isinstance(r, Update)])
+    quiet = "va"  # hands nothing over after the key advertisement: never its masked input
+    while outbox:
+        inbox = []
+        for s, m in outbox.items():
+            if s == quiet and not isinstance(m, Setup):
+                continue
+            inbox.append(fed.sites[s].on_secagg(m))
+            fed.sites[s].mark_sent()
+        outbox = fed.coordinator.secagg_step(inbox)
+    for name, site in fed.sites.items():
+        (release,) = site.dp.ledger.releases()
+        assert (release.sent_at is None) == (name == quiet), name
 
 
 def test_too_few_sites_release_nothing(tmp_path: Path) -> None:

@@ -148,6 +148,8 @@ def test_reported_epsilon_is_the_accountants(tmp_path: Path) -> None:
             report = ledger.verify()
             assert report.releases == rounds
             assert report.epsilon_spent == pytest.approx(mine[-1]["epsilon"], rel=1e-9)
+            # the local engine handed every update to the coordinator: all marked sent
+            assert all(entry.sent_at is not None for entry in ledger.releases())
 
 
 def test_site_refuses_past_its_budget_and_ledger_holds_only_releases(tmp_path: Path) -> None:

@@ -116,6 +116,12 @@ def releases(loop: Loopback, name: str) -> list[int]:
         return [int(e.round or 0) for e in ledger.releases()]
 
 
+def unsent(loop: Loopback, name: str) -> list[int]:
+    """The rounds of releases a site recorded and never handed to Flower."""
+    with Ledger.open(loop.sites[name].parent / "state" / name) as ledger:
+        return [int(e.round or 0) for e in ledger.releases() if e.sent_at is None]
+
+
 @bounded(300)
 @pytest.mark.slow  # real processes, about 2 minutes: opt-in (pytest -m slow)
 def test_dp_secure_study_on_flower_equals_local_and_refuses_unknown_node(tmp_path: Path) -> None:
@@ -135,6 +141,7 @@ def test_dp_secure_study_on_flower_equals_local_and_refuses_unknown_node(tmp_pat
         assert "SuperNode exited" in loop.log("site-intruder")
         for name in SITES:  # one release per round in each site's own ledger
             assert releases(loop, name) == [1, 2]
+            assert unsent(loop, name) == []  # each left with its masked input
         run = RunDirectory.open(loop.out)
         assert run.meta["status"] == "completed"
         assert len(run.meta["flower_events"]) == len(SITES)  # three joins, nothing dropped

@@ -428,6 +428,11 @@ class SiteService:
             return wire.pack({"evaluations": [wire.encode(site.on_evaluate(r)) for r in requests]})
         raise wire.WireError(f"unknown message kind {kind!r}")
 
+    def mark_sent(self) -> None:
+        """The last reply was handed to Flower: its releases are marked sent."""
+        if self.current is not None:
+            self.current.site.mark_sent()
+
 
 def client_app(service: Callable[[Any], SiteService]) -> Any:
     """A Flower ``ClientApp`` whose handlers pass every message to ``service(context)``."""
@@ -436,7 +441,10 @@ def client_app(service: Callable[[Any], SiteService]) -> Any:
     app = ClientApp()
 
     def handler(msg: Message, context: Any) -> Message:
-        return Message(service(context).handle(msg.content), reply_to=msg)
+        served = service(context)
+        reply = Message(served.handle(msg.content), reply_to=msg)
+        served.mark_sent()  # handed to Flower's runtime, which pushes it to the SuperNode
+        return reply
 
     for register in (app.train(), app.evaluate(), app.query()):
         register(handler)

@@ -51,6 +51,7 @@ class LocalEngine:
             replies: list[Update | Refusal] = []
             for name, plan in plans.items():
                 replies.append(sites[name].on_plan(plan))
+                sites[name].mark_sent()  # the coordinator holds the reply
                 if on_site is not None:
                     on_site(round_, name)
             if coordinator.secagg is not None:
@@ -58,6 +59,8 @@ class LocalEngine:
                 outbox = coordinator.secagg_open(participants)
                 while outbox:  # the five stages of the session, carried by reference
                     inbox = [sites[site].on_secagg(message) for site, message in outbox.items()]
+                    for site in outbox:
+                        sites[site].mark_sent()
                     outbox = coordinator.secagg_step(inbox)
             aggregated = coordinator.aggregate(round_, replies)
             evaluations: list[Evaluation] = []

@@ -41,7 +41,7 @@ from medsilo.privacy.ledger import Release
 from medsilo.privacy.skellam import encode_contributions
 from medsilo.secagg import crypto
 from medsilo.secagg.client import SiteInit, SiteSigned, SiteState, site_step
-from medsilo.secagg.messages import Setup, ToCoordinator, ToSite
+from medsilo.secagg.messages import MaskedInput, Setup, ToCoordinator, ToSite
 
 
 def derive_seed(*parts: int) -> int:
@@ -76,6 +76,10 @@ class Site:
         self._secagg: SiteState | None = None
         self._pending_release: int | None = None
         """Distributed DP: the ledger row of this round's release, awaiting its outcome."""
+        self._outgoing: list[int] = []
+        """Ledger rows of releases in a reply handed to the engine, not yet marked sent."""
+        self._masked: list[int] = []
+        """Under secure aggregation: ledger rows that leave with this round's masked input."""
         self._tensors = {
             split: (
                 torch.from_numpy(getattr(data, f"x_{split}")),
@@ -98,6 +102,7 @@ class Site:
         release fits its own budget (a :class:`Refusal` if not), and records the release
         in the ledger, fsync-ed, before the update is returned (write-ahead).
         """
+        self._masked = []  # a masked input that never went out (an aborted session) is not sent
         if self.dp is not None:
             check = self.dp.ledger.would_exceed(self.dp.event())
             if check.exceeds:
@@ -159,6 +164,7 @@ class Site:
                     round=plan.round, event=self.dp.event(), clip=self.dp.clip, arrays=delta
                 )
             )
+            self._leaves(entry.seq, masked=plan.secagg is not None)
             metrics["epsilon"] = float(entry.epsilon_after or 0.0)
         if self.dp is not None:
             # The training loss is a statistic of the private data outside the accounted
@@ -220,6 +226,7 @@ class Site:
             )
         )
         self._pending_release = entry.seq
+        self._leaves(entry.seq, masked=True)
         metrics = {
             "epsilon": float(entry.epsilon_after or 0.0),
             "epsilon_collusion": dp.ledger.epsilon_spent(view="collusion"),
@@ -325,6 +332,7 @@ class Site:
                     round=plan.round, event=self.dp.event(), clip=self.dp.clip, arrays=release
                 )
             entry = self.dp.ledger.record(record)
+            self._leaves(entry.seq, masked=secure)
             metrics["epsilon"] = float(entry.epsilon_after or 0.0)
             # Statistics of the private data outside the accounted release stay here.
             metrics.pop("train_loss", None)
@@ -416,7 +424,23 @@ class Site:
                 note=f"{len(before.survivors)} noise shares reached the sum",
             )
             self._pending_release = None
+        if isinstance(reply, MaskedInput):
+            self._outgoing += self._masked
+            self._masked = []
         return reply
+
+    def _leaves(self, seq: int, *, masked: bool) -> None:
+        """Ledger row ``seq`` leaves with this round's reply, or with its masked input."""
+        (self._masked if masked else self._outgoing).append(seq)
+
+    def mark_sent(self) -> None:
+        """The engine has handed this site's last reply to its transport: mark the releases
+        it carried as sent in the ledger (:meth:`Ledger.mark_sent`; a release recorded
+        but never handed over stays unmarked, the ledger's write-ahead rule)."""
+        if self.dp is not None:
+            for seq in self._outgoing:
+                self.dp.ledger.mark_sent(seq)
+        self._outgoing = []
 
     def on_evaluate(self, request: EvaluateRequest) -> Evaluation:
         if self.lottery is not None:  # the personalized model: mask x global + local layers

@@ -14,7 +14,8 @@ Each site keeps its own ledger, a SQLite file on its own disk. It holds:
 Write-ahead. A site calls :meth:`Ledger.record` *after* it has the payload and *before*
 the payload leaves; ``record`` checks the budget, appends the row and returns only once
 the transaction is committed and fsync-ed (SQLite WAL with ``synchronous=FULL``). The
-site then sends and calls :meth:`Ledger.mark_sent`. A crash between ``record`` and the
+site then sends and calls :meth:`Ledger.mark_sent` (``Site.mark_sent``, called by the
+engine once the reply is handed to its transport). A crash between ``record`` and the
 send leaves a recorded release that never left: the ledger may over-count, never
 under-count (tests/test_ledger.py kills a process at each point to check this).
 
