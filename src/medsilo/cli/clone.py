@@ -222,6 +222,7 @@ def evaluate(
 ) -> None:
     """Fidelity, utility (TSTR vs TRTR vs k-anonymity) and privacy of a clone, as HTML."""
     from medsilo.clone.domain import read_csv
+    from medsilo.clone.evaluate import baseline_label
     from medsilo.clone.evaluate import evaluate as run_evaluation
     from medsilo.clone.schema import load_schema
     from medsilo.report.clone import render_page
@@ -251,7 +252,9 @@ def evaluate(
         return
     console.print(
         f"TSTR AUROC {u['tstr']['auroc']:.3f}, TRTR {u['trtr']['auroc']:.3f}, "
-        + ", ".join(f"k={k[1:]} {v['auroc']:.3f}" for k, v in u.items() if k.startswith("k"))
+        + ", ".join(
+            f"{baseline_label(k)} {v['auroc']:.3f}" for k, v in u.items() if k.startswith("k")
+        )
         + f"; attack AUROC {s['attack_auroc']:.3f}; wrote {escape(str(out))}"
     )
 

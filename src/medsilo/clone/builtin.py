@@ -39,8 +39,22 @@ _HEART = {
     "label": {"type": "categorical", "categories": ["negative", "positive"]},
 }
 
+
+def _cuts(
+    lower: float, upper: float, edges: list[float], kind: str = "numeric"
+) -> dict[str, object]:
+    return {"type": kind, "lower": lower, "upper": upper, "edges": edges}
+
+
+# eICU's apacheApsVar holds the worst day-1 values that the APACHE IV acute physiology score
+# is computed from, so its bins are that score's own public cut points: the APACHE III
+# physiology intervals (Knaus et al., Chest 100(6), 1991, Table; kept by APACHE IV,
+# Zimmerman et al., Crit Care Med 34(5), 2006), adjacent intervals merged where they would
+# leave a cell of a handful of patients, plus APACHE II's (Knaus et al., Crit Care Med 13(10),
+# 1985) and the standard adult reference ranges where named. Bounds are physiological
+# limits. None of it is read from the eICU data.
 _EICU = {
-    "age": _num(0, 90, 18, "integer"),  # the demo caps ages at 90 ("> 89")
+    "age": _cuts(0, 90, [45, 55, 65, 75], "integer"),  # APACHE II age points; 90 = "> 89"
     "gender": {"type": "categorical", "categories": ["Female", "Male"]},
     "unittype": {"type": "categorical", "categories": []},  # filled below
     "unitadmitsource": {"type": "categorical", "categories": []},
@@ -51,23 +65,23 @@ _EICU = {
     "motor": _num(1, 6, 6, "integer"),
     "verbal": _num(1, 5, 5, "integer"),
     "meds": _BINARY,
-    "urine": _num(0, 10000),  # mL/day
-    "wbc": _num(0, 100),  # 10^3/uL
-    "temperature": _num(25, 45),  # Celsius
-    "respiratoryrate": _num(0, 80),
-    "sodium": _num(100, 180),
-    "heartrate": _num(0, 250),
-    "meanbp": _num(0, 250),
-    "ph": _num(6.5, 8.0),
-    "hematocrit": _num(5, 75),
-    "creatinine": _num(0, 20),
-    "albumin": _num(0.5, 7),
-    "pao2": _num(20, 700),
-    "pco2": _num(5, 150),
-    "bun": _num(0, 250),
-    "glucose": _num(0, 1500),
-    "bilirubin": _num(0, 50),
-    "fio2": _num(20, 100),  # percent
+    "urine": _cuts(0, 10000, [400, 900, 1500, 2000, 4000]),  # mL/day; APACHE III
+    "wbc": _cuts(0, 100, [3, 11, 20, 25]),  # 10^3/uL; APACHE III 3/20/25, reference < 11
+    "temperature": _cuts(25, 45, [34, 36, 38.5, 40]),  # Celsius; APACHE III 34/36/40, II 38.5
+    "respiratoryrate": _cuts(0, 80, [12, 25, 35, 50]),  # /min; APACHE III
+    "sodium": _cuts(100, 180, [120, 135, 145, 155]),  # mEq/L; APACHE III, reference 135-145
+    "heartrate": _cuts(0, 250, [50, 100, 120, 140]),  # /min; APACHE III
+    "meanbp": _cuts(0, 250, [60, 70, 80, 100, 130]),  # mmHg; APACHE III
+    "ph": _cuts(6.5, 8.0, [7.2, 7.3, 7.35, 7.45, 7.5]),  # APACHE III acid-base, ref. 7.35-7.45
+    "hematocrit": _cuts(5, 75, [20, 30, 41, 50]),  # %; APACHE II 20/30, APACHE III 41/50
+    "creatinine": _cuts(0, 20, [0.5, 1.5, 1.95, 3.5]),  # mg/dL; APACHE III, APACHE II 3.5
+    "albumin": _cuts(0.5, 7, [2, 2.5, 4.5]),  # g/dL; APACHE III
+    "pao2": _cuts(20, 700, [50, 70, 80, 100]),  # mmHg; APACHE III, reference 80-100
+    "pco2": _cuts(5, 150, [30, 35, 45, 50]),  # mmHg; APACHE III acid-base, reference 35-45
+    "bun": _cuts(0, 250, [17, 20, 40, 80]),  # mg/dL; APACHE III
+    "glucose": _cuts(0, 1500, [40, 60, 200, 350]),  # mg/dL; APACHE III
+    "bilirubin": _cuts(0, 50, [2, 3, 5, 8]),  # mg/dL; APACHE III
+    "fio2": _cuts(20, 100, [22, 50]),  # percent: room air (21), APACHE's 50 % threshold
     **{
         name: _BINARY
         for name in (

@@ -4,7 +4,8 @@ Graphical-model synthesizers (mbi) work on a finite domain: each column becomes 
 ``0 .. size-1``. The codes depend on the schema only, never on the data:
 
 * numeric and integer columns: ``bins`` equal-width bins over ``[lower, upper]`` (an
-  integer column with fewer values than bins gets one code per value);
+  integer column with fewer values than bins gets one code per value), or the bins
+  between declared cut points ``edges`` (``[lower, e1), [e1, e2), ..., [ek, upper]``);
 * dates: the same over days;
 * categorical: one code per declared category;
 * every column gets one more code, last, for "missing".
@@ -139,13 +140,17 @@ class TableDomain:
         if spec.type == "categorical":
             return len(spec.categories or ())
         lo, hi = _as_number(spec.lower), _as_number(spec.upper)
+        if spec.edges is not None:
+            cuts = [_as_number(e) for e in spec.edges]
+            self._edges[name] = np.array([lo, *cuts, hi], dtype=np.float64)
+            return spec.n_bins
         if spec.type in ("integer", "date"):
             lo_i, hi_i = int(np.ceil(lo)), int(np.floor(hi))
-            if hi_i - lo_i + 1 <= spec.bins:
+            if hi_i - lo_i + 1 <= spec.n_bins:
                 self._integer_values[name] = np.arange(lo_i, hi_i + 1)
                 return hi_i - lo_i + 1
-        self._edges[name] = np.linspace(lo, hi, spec.bins + 1)
-        return spec.bins
+        self._edges[name] = np.linspace(lo, hi, spec.n_bins + 1)
+        return spec.n_bins
 
     def missing_code(self, name: str) -> int:
         return self.sizes[name] - 1

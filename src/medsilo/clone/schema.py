@@ -16,6 +16,12 @@ Written in TOML (``.toml``) or JSON (``.json``), one table per column, in file o
     upper = 120
     bins = 24
 
+    [columns.glucose]
+    type = "numeric"
+    lower = 0
+    upper = 1500
+    edges = [40, 60, 200, 350]    # public cut points instead of equal-width bins
+
     [columns.sex]
     type = "categorical"
     categories = ["F", "M"]
@@ -33,8 +39,11 @@ Written in TOML (``.toml``) or JSON (``.json``), one table per column, in file o
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
+import itertools
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -56,8 +65,14 @@ class ColumnSpec(BaseModel):
     type: ColumnType
     lower: float | dt.date | None = None
     upper: float | dt.date | None = None
-    bins: int = Field(default=DEFAULT_BINS, ge=1, le=1000)
-    """Equal-width bins over [lower, upper] (numeric, integer, date)."""
+    bins: int | None = Field(default=None, ge=1, le=1000)
+    """Equal-width bins over [lower, upper] (numeric, integer, date); default 16."""
+    edges: tuple[float | dt.date, ...] | None = None
+    """Instead of ``bins``: the interior cut points, strictly increasing and strictly inside
+    (lower, upper); ``edges = [a, b]`` makes the bins [lower, a), [a, b), [b, upper].
+    Public cut points (reference ranges, clinical score thresholds) keep the variation
+    that matters in few cells, where equal-width bins over wide public bounds put most
+    patients in one bin."""
     categories: tuple[str, ...] | None = None
     missing_values: tuple[str, ...] = ()
     """Extra values that mean "missing" in this column only."""
@@ -81,8 +96,12 @@ class ColumnSpec(BaseModel):
                     raise ValueError(f"'{name}' of a {self.type} column must be {kind}")
             if not self.lower < self.upper:  # type: ignore[operator]
                 raise ValueError(f"'lower' ({self.lower}) must be below 'upper' ({self.upper})")
+            if self.edges is not None:
+                self._check_edges(dates=want is dt.date)
         elif self.lower is not None or self.upper is not None:
             raise ValueError(f"'lower'/'upper' are not allowed for type '{self.type}'")
+        elif self.edges is not None:
+            raise ValueError(f"'edges' are not allowed for type '{self.type}'")
         if self.type == "categorical":
             if not self.categories:
                 raise ValueError(
@@ -93,6 +112,45 @@ class ColumnSpec(BaseModel):
         elif self.categories is not None:
             raise ValueError("'categories' is allowed only for type 'categorical'")
         return self
+
+    def _check_edges(self, *, dates: bool) -> None:
+        edges = list(self.edges or ())
+        if self.bins is not None:
+            raise ValueError(
+                "give 'bins' (equal-width) or 'edges' (cut points), not both: "
+                f"bins = {self.bins}, edges = {edges}"
+            )
+        if not edges:
+            raise ValueError("'edges' is empty: give at least one cut point (or bins = 1)")
+        for value in edges:
+            is_date = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+            if is_date != dates or isinstance(value, dt.datetime):
+                kind = "dates (YYYY-MM-DD)" if dates else "numbers"
+                raise ValueError(f"'edges' of a {self.type} column must be {kind}: {value!r}")
+        for a, b in itertools.pairwise(edges):
+            if not a < b:  # type: ignore[operator]
+                raise ValueError(f"'edges' must be strictly increasing: {a} then {b} in {edges}")
+        lo, hi = self.lower, self.upper
+        outside = [e for e in edges if not lo < e < hi]  # type: ignore[operator]
+        if outside:
+            raise ValueError(
+                f"'edges' are the interior cut points, strictly between lower ({lo}) and "
+                f"upper ({hi}); outside: {outside}"
+            )
+        if self.type == "integer":  # every bin [a, b) must hold a whole number
+            bounds = [float(lo), *(float(e) for e in edges), float(hi)]  # type: ignore[arg-type]
+            for a, b in itertools.pairwise(bounds[:-1]):
+                if math.ceil(a) >= b:
+                    raise ValueError(f"the bin [{a:g}, {b:g}) holds no whole number")
+            if math.ceil(bounds[-2]) > bounds[-1]:
+                raise ValueError(f"the bin [{bounds[-2]:g}, {bounds[-1]:g}] holds no whole number")
+
+    @property
+    def n_bins(self) -> int:
+        """How many bins cover [lower, upper]: ``len(edges) + 1``, else ``bins``."""
+        if self.edges is not None:
+            return len(self.edges) + 1
+        return self.bins if self.bins is not None else DEFAULT_BINS
 
     @property
     def synthesized(self) -> bool:
@@ -131,7 +189,11 @@ class CloneSchema(BaseModel):
             if spec.lower is not None and spec.upper is not None:
                 lines.append(f"lower = {_toml_scalar(spec.lower)}")
                 lines.append(f"upper = {_toml_scalar(spec.upper)}")
-                lines.append(f"bins = {spec.bins}")
+                if spec.edges is not None:
+                    edges = ", ".join(_toml_scalar(e) for e in spec.edges)
+                    lines.append(f"edges = [{edges}]")
+                else:
+                    lines.append(f"bins = {spec.n_bins}")
             if spec.categories is not None:
                 lines.append(f"categories = {_toml_list(spec.categories)}")
             if spec.missing_values:
@@ -146,6 +208,13 @@ def _toml_scalar(value: float | dt.date) -> str:
     if isinstance(value, dt.date):
         return value.isoformat()
     return repr(float(value))
+
+
+def _date_or_value(value: object) -> object:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return dt.date.fromisoformat(value)
+    return value
 
 
 def _toml_list(values: tuple[str, ...]) -> str:
@@ -166,7 +235,8 @@ def load_schema(path: str | Path) -> CloneSchema:
 
 
 def parse_schema(raw: object, where: str = "schema") -> CloneSchema:
-    """Validate a schema given as a dict (from TOML/JSON)."""
+    """Validate a schema given as a dict (from TOML/JSON); ``raw`` is not changed."""
+    raw = copy.deepcopy(raw)
     if isinstance(raw, dict) and isinstance(raw.get("columns"), dict):
         for spec in raw["columns"].values():  # JSON has no dates: accept ISO strings
             if isinstance(spec, dict) and spec.get("type") == "date":
@@ -174,6 +244,8 @@ def parse_schema(raw: object, where: str = "schema") -> CloneSchema:
                     if isinstance(spec.get(key), str):
                         with contextlib.suppress(ValueError):
                             spec[key] = dt.date.fromisoformat(spec[key])
+                if isinstance(spec.get("edges"), list):
+                    spec["edges"] = [_date_or_value(e) for e in spec["edges"]]
     try:
         return CloneSchema.model_validate(raw)
     except ValidationError as exc:

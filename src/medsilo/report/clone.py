@@ -8,6 +8,7 @@ matrices), privacy (DCR histograms, membership attack, leakage counts).
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import matplotlib
 
@@ -15,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from medsilo.clone.evaluate import Evaluation
+from medsilo.clone.evaluate import Evaluation, baseline_label
 from medsilo.report.html import _png
 
 _STYLE = (
@@ -38,9 +39,7 @@ def _utility_plot(utility: dict[str, dict[str, float]]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3))
     values = [utility[n]["auroc"] for n in names]
     colors = ["#4c72b0" if n == "tstr" else "#999999" for n in names]
-    ax.bar(
-        [n.upper() if not n.startswith("k") else f"k={n[1:]}" for n in names], values, color=colors
-    )
+    ax.bar([baseline_label(n) for n in names], values, color=colors)
     ax.set_ylim(0.4, 1.0)
     ax.axhline(0.5, color="black", lw=0.8, ls=":")
     ax.set_ylabel("AUROC on the real holdout")
@@ -82,6 +81,20 @@ def _img(png: str, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{png}'>"
 
 
+def _anonymized(a: dict[str, Any]) -> str:
+    levels = ", ".join(f"{c}={lv}" for c, lv in a["levels"].items() if lv) or "none"
+    text = (
+        f"quasi-identifiers {', '.join(a['quasi_identifiers'])}; {a['rows']} rows kept, "
+        f"{a['suppressed']} suppressed; generalization levels {levels}"
+    )
+    if "attack_auroc" in a:
+        text += (
+            f"; attack AUROC {a['attack_auroc']:.3f}, rows equal to a real row "
+            f"{a['rows_equal_share']:.1%}"
+        )
+    return html.escape(text)
+
+
 def _mark(ok: bool) -> str:
     return "<span class='ok'>yes</span>" if ok else "<span class='bad'>no</span>"
 
@@ -120,20 +133,15 @@ def render_page(result: Evaluation, title: str) -> str:
         "generalization, then suppression), all tested on the real holdout.</p>",
         _rows(
             [
-                (name.upper(), f"AUROC {v['auroc']:.3f}, accuracy {v['accuracy']:.3f}")
+                (baseline_label(name), f"AUROC {v['auroc']:.3f}, accuracy {v['accuracy']:.3f}")
                 for name, v in u.items()
             ]
         ),
         _img(_utility_plot(u), "AUROC bars"),
-        "<p>k-anonymized tables (quasi-identifiers: "
-        + html.escape(", ".join(s["quasi_identifiers"]))
-        + "): "
-        + "; ".join(
-            f"k={a['k']}: {a['rows']} rows kept, {a['suppressed']} suppressed, levels "
-            + html.escape(", ".join(f"{c}={lv}" for c, lv in a["levels"].items() if lv))
-            for a in result.anonymized.values()
-        )
-        + "</p>",
+        "<p>k-anonymized tables, each a release of its own, with the clone's privacy "
+        "measures (membership attack: the larger of DOMIAS and the distance attack; real "
+        "rows reproduced exactly):</p>",
+        _rows([(baseline_label(n), _anonymized(a)) for n, a in result.anonymized.items()]),
         "<h2>Fidelity</h2>",
         _rows(
             [
