@@ -53,9 +53,9 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import RESULTS, fmt_mean_sd, md_table, mean_sd, write_results
 
 from medsilo.clone import builtin
-from medsilo.clone.anonymize import k_anonymize
+from medsilo.clone.anonymize import k_anonymize, mondrian
 from medsilo.clone.domain import TableDomain
-from medsilo.clone.evaluate import evaluate
+from medsilo.clone.evaluate import anonymized_baseline, evaluate, train_test
 from medsilo.clone.release import make_clone
 
 QUASI_IDENTIFIERS = {
@@ -123,9 +123,10 @@ def one_run(
         "k5_all_auroc": u["k5_all"]["auroc"],
         "k5_all_suppressed": anon["k5_all"]["suppressed"],
         "k5_all_levels": anon["k5_all"]["levels"],
+        "k5_all_mondrian_auroc": u["k5_all_mondrian"]["auroc"],
         **{
             f"{name}_{key}": anon[name].get(key, float("nan"))
-            for name in ("k5", "k5_all")
+            for name in ("k5", "k5_all", "k5_all_mondrian")
             for key in ("attack_auroc", "domias_auroc", "distance_auroc", "rows_equal_share")
         },
         "tvd_1way": ev.fidelity["tvd_1way_mean"],
@@ -181,59 +182,139 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     return m - half, m + half
 
 
+BASELINES = (
+    ("declared", "datafly", 5),
+    ("declared", "datafly", 10),
+    ("all", "datafly", 5),
+    ("all", "mondrian", 5),
+)
+"""The k-anonymity baselines: (quasi-identifiers, algorithm, k); 'declared' =
+QUASI_IDENTIFIERS, 'all' = every non-label column (the membership attacker's knowledge)."""
+
+
 def anonymity(datasets: list[str], seeds: int) -> int:
-    """``--anonymity``: what Datafly does to each private table (no cloning): the
-    quasi-identifiers' generalization levels, suppressed rows, equivalence classes, and
-    how many rows are unique on the quasi-identifiers before; writes clone_kanon.*."""
+    """``--anonymity``: the k-anonymity baselines alone (they do not depend on the clone):
+    per seed's split, what the algorithm did (generalization levels, suppressed rows,
+    classes; rows unique on the quasi-identifiers before), the model trained on the
+    anonymized table tested on the holdout (AUROC, beside TRTR), and its privacy on the
+    clone's scale (the same membership attacks, rows equal to a private row); writes
+    clone_kanon.*."""
     started = datetime.now(UTC)
-    runs, rows = [], []
+    runs: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
     for dataset in datasets:
         frame, schema, _ = builtin.load(dataset)
         domain = TableDomain(schema)
-        qis = QUASI_IDENTIFIERS[dataset]
+        features = [c for c in domain.columns if c != builtin.LABEL]
+        positive = domain.sizes[builtin.LABEL] - 2  # the last declared class
         for seed in range(seeds):
-            train_idx, _ = split(frame[builtin.LABEL].to_numpy(), seed)
+            train_idx, test_idx = split(frame[builtin.LABEL].to_numpy(), seed)
             codes = domain.encode(frame.iloc[train_idx].reset_index(drop=True)).codes
-            keys = pd.DataFrame({q: codes[q] for q in qis}).value_counts()
-            for k in (5, 10):
-                anon = k_anonymize(domain, codes, qis, k)
-                classes = pd.DataFrame(anon.classes).value_counts()
-                run = {
-                    "dataset": dataset,
-                    "seed": seed,
-                    "k": k,
-                    "rows": len(train_idx),
-                    "unique_on_qis": int((keys == 1).sum()),
-                    "qi_tuples": len(keys),
-                    "levels": anon.levels,
-                    "suppressed": anon.suppressed,
-                    "classes": len(classes),
-                    "smallest_class": int(classes.min()),
-                }
-                runs.append(run)
-                levels = ", ".join(f"{q} {lvl}" for q, lvl in anon.levels.items())
-                rows.append(
-                    [
-                        dataset,
-                        seed,
-                        k,
-                        *(run[key] for key in ("rows", "qi_tuples", "unique_on_qis")),
-                        levels,
-                        *(run[key] for key in ("suppressed", "classes", "smallest_class")),
-                    ]
+            holdout = domain.encode(frame.iloc[test_idx].reset_index(drop=True)).codes
+            trtr = train_test(codes, holdout, domain.sizes, builtin.LABEL, positive, seed)
+            for scope, algorithm, k in BASELINES:
+                qis = QUASI_IDENTIFIERS[dataset] if scope == "declared" else features
+                keys = pd.DataFrame({q: codes[q] for q in qis}).value_counts()
+                anon = (
+                    mondrian(domain, codes, qis, k)
+                    if algorithm == "mondrian"
+                    else k_anonymize(domain, codes, qis, k)
                 )
-    header = ["dataset", "seed", "k", "rows", "QI tuples", "unique on QIs", "levels"]
-    header += ["suppressed", "classes", "smallest class"]
+                classes = pd.DataFrame(anon.classes).value_counts()
+                scores, measured = anonymized_baseline(
+                    domain,
+                    codes,
+                    holdout,
+                    qis,
+                    k,
+                    label=builtin.LABEL,
+                    positive=positive,
+                    seed=seed,
+                    algorithm=algorithm,  # type: ignore[arg-type]
+                )
+                runs.append(
+                    {
+                        "dataset": dataset,
+                        "seed": seed,
+                        "quasi_identifiers": scope,
+                        "algorithm": algorithm,
+                        "k": k,
+                        "rows": len(train_idx),
+                        "unique_on_qis": int((keys == 1).sum()),
+                        "qi_tuples": len(keys),
+                        "levels": anon.levels,
+                        "suppressed": anon.suppressed,
+                        "classes": len(classes),
+                        "smallest_class": int(classes.min()),
+                        "trtr_auroc": trtr["auroc"],
+                        "auroc": scores["auroc"],
+                        **{
+                            key: measured[key]
+                            for key in (
+                                "attack_auroc",
+                                "domias_auroc",
+                                "distance_auroc",
+                                "rows_equal_share",
+                            )
+                        },
+                    }
+                )
+        for scope, algorithm, k in BASELINES:
+            sel = [
+                r
+                for r in runs
+                if r["dataset"] == dataset
+                and (r["quasi_identifiers"], r["algorithm"], r["k"]) == (scope, algorithm, k)
+            ]
+            levels = sorted(
+                {", ".join(f"{q} {v}" for q, v in r["levels"].items() if v) or "none" for r in sel}
+            )
+            rows.append(
+                [
+                    dataset,
+                    scope,
+                    algorithm,
+                    k,
+                    len(sel),
+                    *(
+                        fmt_mean_sd([r[key] for r in sel], digits)
+                        for key, digits in (
+                            ("unique_on_qis", 0),
+                            ("suppressed", 0),
+                            ("classes", 0),
+                            ("trtr_auroc", 3),
+                            ("auroc", 3),
+                            ("attack_auroc", 3),
+                            ("distance_auroc", 3),
+                            ("rows_equal_share", 3),
+                        )
+                    ),
+                    "; ".join(levels) if algorithm == "datafly" else "(local recoding)",
+                ]
+            )
+    header = ["dataset", "QIs", "algorithm", "k", "seeds", "unique on QIs", "suppressed"]
+    header += ["classes", "TRTR", "AUROC", "attack (max)", "dist. attack", "rows equal"]
+    header += ["Datafly levels > 0 (per seed)"]
     body = (
-        "Datafly (Sweeney 2002) on each seed's private table (75 % split), quasi-identifiers "
+        "The k-anonymity baselines on each seed's private table (75 % split; the same "
+        "splits as the clones), mean ± sd over seeds. QIs 'declared': "
         + "; ".join(f"{d}: {', '.join(QUASI_IDENTIFIERS[d])}" for d in datasets)
-        + ". Level L of a numeric column merges 2^L adjacent bins of the schema (age: 5-year "
-        "bins, so level 1 = 10 years); a categorical column at level 1 is suppressed ('*').\n\n"
+        + " (the primary baseline); 'all': every non-label column (the baseline matched to "
+        "the membership attacker, who knows a whole record). Datafly (Sweeney 2002) "
+        "generalizes globally (level L of a numeric column merges 2^L adjacent bins of the "
+        "schema: heart's age 5-year bins, eICU's age the APACHE II bands <45, 45-54, 55-64, "
+        "65-74, >=75; a categorical column at level 1 is suppressed) until at most 5 % of the "
+        "rows are in classes smaller than k, then suppresses them; Mondrian (LeFevre et al. "
+        "2006) recodes locally and keeps every row. AUROC: logistic regression on one-hot "
+        "codes of the anonymized table, tested on the real holdout (TRTR: on the private "
+        "table). Privacy with the clone's measures, the anonymized table in the clone's "
+        "place: the membership attack (max of DOMIAS and the distance attack; 0.5 = "
+        "chance) and the share of released rows equal to a private row.\n\n"
         + md_table(header, rows)
         + "\n"
     )
     path = write_results(
-        "clone_kanon", "k-anonymity baseline: what Datafly did", body, {"runs": runs}, started
+        "clone_kanon", "k-anonymity baselines: utility and privacy", body, {"runs": runs}, started
     )
     print(body)
     print(f"written: {path}")
@@ -260,7 +341,9 @@ def main() -> int:
         help="run each clone in a fresh spawned process, this many at once (0: in this one)",
     )
     parser.add_argument(
-        "--anonymity", action="store_true", help="only describe the k-anonymity baseline"
+        "--anonymity",
+        action="store_true",
+        help="only the k-anonymity baselines (utility and privacy, no clones)",
     )
     parser.add_argument(
         "--summarize",
@@ -375,6 +458,7 @@ def report(
                     col("k5_auroc"),
                     col("k10_auroc"),
                     col("k5_all_auroc"),
+                    col("k5_all_mondrian_auroc"),
                     col("tvd_1way"),
                     col("tvd_2way"),
                     col("corr_diff"),
@@ -396,9 +480,11 @@ def report(
                     col("attack_auroc"),
                     col("k5_attack_auroc"),
                     col("k5_all_attack_auroc"),
+                    col("k5_all_mondrian_attack_auroc"),
                     col("exact_share"),
                     col("k5_rows_equal_share"),
                     col("k5_all_rows_equal_share"),
+                    col("k5_all_mondrian_rows_equal_share"),
                     col("holdout_exact_share"),
                     col("k5_all_suppressed", 0),
                 ]
@@ -409,12 +495,13 @@ def report(
                 k5 = mean_sd([r["k5_auroc"] for r in sel])[0]
                 attack = statistics.fmean(attacks)
                 matched = ""
-                if all("k5_all_auroc" in r for r in sel):
-                    k5_all = statistics.fmean(r["k5_all_auroc"] for r in sel)
-                    matched = (
-                        f"; TSTR vs the privacy-matched k=5 (every non-label column a "
-                        f"quasi-identifier) {k5_all:.3f} ({'met' if tstr > k5_all else 'MISSED'})"
-                    )
+                for key, what in (("k5_all", "Datafly"), ("k5_all_mondrian", "Mondrian")):
+                    if all(f"{key}_auroc" in r for r in sel):
+                        base = statistics.fmean(r[f"{key}_auroc"] for r in sel)
+                        matched += (
+                            f"; TSTR vs the privacy-matched k=5 ({what}, every non-label column "
+                            f"a quasi-identifier) {base:.3f} ({'met' if tstr > base else 'MISSED'})"
+                        )
                 verdict = "met" if high <= 0.55 else "MISSED" if low > 0.55 else "undecided"
                 goals.append(
                     f"- {dataset}, epsilon 1 ({len(sel)} seeds): TSTR/TRTR = {mean_ratio:.3f} "
@@ -434,6 +521,7 @@ def report(
         "k=5",
         "k=10",
         "k=5 all QI",
+        "k=5 all QI Mondrian",
         "TVD1",
         "TVD2",
         "|dcorr|",
@@ -453,9 +541,11 @@ def report(
         "attack: clone",
         "attack: k=5",
         "attack: k=5 all QI",
+        "attack: k=5 all QI Mondrian",
         "equal rows: clone",
         "k=5",
         "k=5 all QI",
+        "k=5 all QI Mondrian",
         "holdout (chance)",
         "k=5 all QI suppressed",
     ]
@@ -480,9 +570,11 @@ def report(
             else "\n\n"
         )
         + md_table(header, rows)
-        + "\n\nk=5, k=10: quasi-identifiers = the declared demographic/admission columns "
-        "(the primary baseline); k=5 all QI: every non-label column a quasi-identifier (the "
-        "baseline matched to the membership attacker, who knows a whole record). The privacy "
+        + "\n\nk=5, k=10: Datafly, quasi-identifiers = the declared demographic/admission "
+        "columns (the primary baseline); k=5 all QI: every non-label column a quasi-identifier "
+        "(the baseline matched to the membership attacker, who knows a whole record), by "
+        "Datafly and by Mondrian ('n/a': runs made before it was recorded; "
+        "`clone_kanon.md` has every baseline for all seeds). The privacy "
         "of the releases on one scale: the same membership attack (max of DOMIAS and the "
         "distance attack) and the share of released rows equal to a private row (on the "
         "schema's bins), for the clone and for each k=5 table in the clone's place:\n\n"

@@ -1,14 +1,18 @@
 """The k-anonymity baselines as releases: the declared quasi-identifiers' table and the
-privacy-matched one (every non-label column a quasi-identifier), measured with the clone's
-own privacy measures."""
+privacy-matched ones (every non-label column a quasi-identifier; Datafly and Mondrian),
+measured with the clone's own privacy measures."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from medsilo.clone.anonymize import is_k_anonymous, mondrian
+from medsilo.clone.domain import TableDomain
 from medsilo.clone.evaluate import baseline_label, evaluate
 from medsilo.clone.schema import parse_schema
+from medsilo.errors import ConfigError
 
 SCHEMA = parse_schema(
     {
@@ -39,7 +43,7 @@ def test_declared_and_matched_baselines_are_measured_as_releases() -> None:
     real, holdout = table(400, 0), table(400, 1)
     clone = table(400, 2)  # fresh draws: a "clone" that carries nobody's record
     result = evaluate(real, clone, holdout, SCHEMA, "y", quasi_identifiers=["age", "sex"])
-    assert list(result.utility) == ["trtr", "tstr", "k5", "k10", "k5_all"]
+    assert list(result.utility) == ["trtr", "tstr", "k5", "k10", "k5_all", "k5_all_mondrian"]
     declared, matched = result.anonymized["k5"], result.anonymized["k5_all"]
     assert declared["quasi_identifiers"] == ["age", "sex"]
     assert matched["quasi_identifiers"] == ["age", "sex", *(f"lab{i}" for i in range(6))]
@@ -52,10 +56,30 @@ def test_declared_and_matched_baselines_are_measured_as_releases() -> None:
     assert matched["attack_auroc"] < declared["attack_auroc"]
     assert result.utility["k5_all"]["auroc"] <= result.utility["k5"]["auroc"] + 0.02
     assert 0.0 <= matched["rows_equal_share"] <= declared["rows_equal_share"]
+    # Mondrian recodes each class on its own and keeps every row: more of the labs' signal.
+    local = result.anonymized["k5_all_mondrian"]
+    assert local["algorithm"] == "mondrian" and local["rows"] == 400 and local["suppressed"] == 0
+    assert result.utility["k5_all_mondrian"]["auroc"] > result.utility["k5_all"]["auroc"]
+
+
+def test_mondrian_output_is_k_anonymous_and_keeps_every_row() -> None:
+    domain = TableDomain(SCHEMA)
+    codes = domain.encode(table(300, 3)).codes
+    qis = [c for c in domain.columns if c != "y"]
+    for k in (2, 5, 10):
+        anon = mondrian(domain, codes, qis, k)
+        assert anon.rows == 300 and anon.suppressed == 0
+        assert is_k_anonymous(anon.classes, k)
+        assert not is_k_anonymous({q: codes[q] for q in qis}, k)  # it had work to do
+        assert (anon.codes["y"] == codes["y"]).all()  # the label is not a quasi-identifier
+        sizes = pd.DataFrame(anon.classes).value_counts()
+        assert sizes.min() >= k and sizes.max() < 4 * k  # split down to small classes
+    with pytest.raises(ConfigError, match="cannot be 5-anonymous"):
+        mondrian(domain, {c: v[:3] for c, v in codes.items()}, qis, 5)
 
 
 def test_no_matched_baseline_when_every_column_is_already_a_quasi_identifier() -> None:
     real, holdout = table(120, 0), table(120, 1)
     result = evaluate(real, table(120, 2), holdout, SCHEMA, "y", ks=(5,))
-    assert list(result.anonymized) == ["k5"]
-    assert [baseline_label(n) for n in ("trtr", "k5", "k5_all")] == ["TRTR", "k=5", "k=5 (all QI)"]
+    assert list(result.anonymized) == ["k5", "k5_all_mondrian"]
+    assert baseline_label("k5_all_mondrian") == "k=5 (all QI, Mondrian)"

@@ -84,8 +84,10 @@ def _img(png: str, alt: str) -> str:
 def _anonymized(a: dict[str, Any]) -> str:
     levels = ", ".join(f"{c}={lv}" for c, lv in a["levels"].items() if lv) or "none"
     text = (
-        f"quasi-identifiers {', '.join(a['quasi_identifiers'])}; {a['rows']} rows kept, "
-        f"{a['suppressed']} suppressed; generalization levels {levels}"
+        f"{a.get('algorithm', 'datafly').capitalize()}, quasi-identifiers "
+        f"{', '.join(a['quasi_identifiers'])}; {a['rows']} rows kept, "
+        f"{a['suppressed']} suppressed"
+        + (f"; generalization levels {levels}" if a.get("algorithm") != "mondrian" else "")
     )
     if "attack_auroc" in a:
         text += (
