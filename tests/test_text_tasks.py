@@ -15,6 +15,7 @@ from medsilo.tasks.text import (
     IGNORE,
     TextModelSpec,
     build_model,
+    build_tagger,
     decode_tags,
     encode_tagging,
     encode_text,
@@ -133,6 +134,43 @@ def test_model_logits_layout_and_encoder_transfer() -> None:
     assert any("embeddings.word_embeddings" in k for k in moved)
     assert not any("classifier" in k or "cls." in k for k in moved)
     assert predict(tagger, enc.ids).shape == (1, 16)
+
+
+@pytest.mark.parametrize("order", [LABELS, [*LABELS[1:], "O"]])
+def test_untrained_tagger_predicts_the_outside_prior(order: list[str]) -> None:
+    """Regression (docs/text.md, "Why uninterrupted AdamW stalled"): an untrained tagger
+    must start at P(O) = outside_prior, not at 1/K per label, whose ln K loss transient
+    left continuous AdamW on the all-O plateau (MEDDOCAN F1 0 after 4 epochs)."""
+    spec = TextModelSpec(layers=1, hidden=16, heads=2, intermediate=32, max_len=16, overlap=4)
+    enc = encode_tagging([SENT], FakeTokenizer(), order, max_len=16, overlap=2)
+    x, y = torch.from_numpy(enc.ids), torch.from_numpy(enc.labels)
+    outside = order.index("O")
+    for prior, expected in ((0.9, 0.9), (0.0, 1 / len(order))):
+        model = build_tagger(
+            spec.model_copy(update={"outside_prior": prior}), FakeTokenizer(), order
+        )
+        model.eval()
+        with torch.no_grad():
+            p_o = torch.softmax(model(x), dim=1)[:, outside][y != IGNORE]
+        assert abs(float(p_o.mean()) - expected) < 0.03
+    # all-O labels: the first loss is -ln 0.9, not ln K
+    with torch.no_grad():
+        loss = F.cross_entropy(model_at(spec, order)(x), torch.where(y == IGNORE, y, outside))
+    assert float(loss) < 0.2 < np.log(len(order))
+
+
+def model_at(spec: TextModelSpec, labels: list[str]) -> torch.nn.Module:
+    model = build_tagger(spec, FakeTokenizer(), labels)
+    model.eval()
+    return model
+
+
+def test_outside_prior_needs_a_classifier_bias() -> None:
+    from medsilo.tasks.text import _init_outside_bias
+
+    with pytest.raises(ValueError, match="outside_prior = 0"):
+        _init_outside_bias(torch.nn.Sequential(), 0.9, 0)
+    _init_outside_bias(torch.nn.Sequential(), 0.0, 0)  # disabled: nothing to set
 
 
 @pytest.mark.parametrize(
