@@ -163,6 +163,21 @@ PRESETS["rounds_2e-3"] = {
     },
 }
 
+# The whole MEDDOCAN training set (16,228 sentences, ~21,000 windows: ~660 AdamW steps per
+# epoch) and GraSCCo's 80% split, after the O-prior fix (docs/text.md, "Why uninterrupted
+# AdamW stalled"): rounds of 66 steps (a tenth of a MEDDOCAN epoch), Adam's moments kept
+# at each site (continuous AdamW for the local-only taggers), 5 MEDDOCAN epochs, every
+# global model scored once per MEDDOCAN epoch (``score_every``).
+PRESETS["full_data"] = {
+    **PRESETS["rounds"],
+    "deid": {
+        "pretrain": {"rounds": 0},
+        "finetune": {"rounds": 50, "local_steps": 66, **_ADAMW, "keep_moments": True},
+        "provider_sentences": None,
+        "score_every": 10,
+    },
+}
+
 
 def _study(
     experiment: str, seed: int, preset: dict[str, Any], data: Path, split_dir: Path, device: str
@@ -232,7 +247,15 @@ def _job(args: tuple[str, int, str, dict[str, Any], str, str, str, str]) -> dict
     prepared = prepare(study)
     if setting.startswith("saved:"):
         return _scored_saved(experiment, seed, setting[6:], prepared, started)
-    result = run_setting(study, prepared, setting)
+    curve: list[dict[str, Any]] = []
+
+    def scored(r: int, scores: dict[str, dict[str, float]]) -> None:
+        f1 = {p: round(v["f1"], 4) for p, v in scores.items()}
+        curve.append({"round": r, "f1": f1, "seconds": time.perf_counter() - started})
+        print(f"{experiment} seed {seed} {setting} round {r}: F1 {f1}", flush=True)
+
+    every = {**preset, **preset.get(experiment, {})}.get("score_every", 0)
+    result = run_setting(study, prepared, setting, on_scores=scored, score_every=every)
     if save_dir and result.models:
         save_models(study, prepared, result.models, Path(save_dir) / f"{experiment}-{seed}")
     return {
@@ -240,6 +263,7 @@ def _job(args: tuple[str, int, str, dict[str, Any], str, str, str, str]) -> dict
         "seed": seed,
         "setting": setting,
         "scores": result.scores,
+        "curve": curve,
         "round_seconds": result.round_seconds,
         "mlm_loss": result.mlm_loss,
         "seconds": time.perf_counter() - started,
@@ -349,6 +373,32 @@ def summarize(runs: Sequence[dict[str, Any]], experiment: str) -> tuple[str, dic
     data = {"f1": per, "goals": goals}
     text = table + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in goals.items())
     return text, data
+
+
+def curve_markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """Each job's learning curve: the global model's F1 after every scored round, and the
+    training wall time of the rounds since the previous point (scoring excluded)."""
+    rows = []
+    for run in sorted(runs, key=lambda r: (r["experiment"], r["seed"], r["setting"])):
+        times, last = run["round_seconds"]["finetune"], 0
+        for point in run.get("curve", []):
+            r = point["round"]
+            f1 = " / ".join(f"{p} {v:.3f}" for p, v in point["f1"].items())
+            rows.append(
+                [
+                    f"{run['experiment']} {run['setting']} seed {run['seed']}",
+                    str(r),
+                    f1,
+                    f"{sum(times[last:r]):.0f}",
+                ]
+            )
+            last = r
+    table = md_table(["job", "after round", "F1 (global model)", "train s since last"], rows)
+    return (
+        "## Learning curves\n\nThe fine-tuning phase's global model (a local-only job: "
+        "that provider's model) scored on the full test splits after every scored round, "
+        f"before the local step.\n\n{table}"
+    )
 
 
 def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str, Any]:
@@ -694,6 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"## {title}\n\nEntity-level F1 (seqeval strict IOB2, micro over types), "
             f"mean ± sd over {args.seeds} seed(s).\n\n{text}"
         )
+    if any(r.get("curve") for r in runs):
+        body.append(curve_markdown(runs))
     rounds = [
         t for r in runs if r["setting"] == "federated" for t in r["round_seconds"]["finetune"]
     ]

@@ -200,3 +200,22 @@ def test_adamw_with_dp_is_refused() -> None:
     )
     with pytest.raises(ConfigError, match="DP-SGD runs with SGD"):
         parse_text_study(text, "s.toml")
+
+
+def test_learning_curve_scores_the_global_model_after_rounds(tmp_path: Path) -> None:
+    """``run_setting(score_every=k)`` scores the fine-tuning phase's global model after
+    every k-th round and the last; the last point is the reported ``federated`` score."""
+    from medsilo.study.text import prepare, run_setting
+
+    path = _fixture(tmp_path)
+    path.write_text(path.read_text().replace("rounds = 2", "rounds = 3"))
+    study = load_text_study(path).model_copy(update={"baselines": []})
+    data = prepare(study)
+    seen: list[tuple[int, dict[str, dict[str, float]]]] = []
+    result = run_setting(
+        study, data, "federated", on_scores=lambda r, s: seen.append((r, s)), score_every=2
+    )
+    assert [r for r, _ in seen] == [2, 3]
+    assert seen[-1][1] == result.scores["federated"]
+    local = run_setting(study, data, "local:en", on_scores=lambda r, s: seen.append((r, s)))
+    assert len(seen) == 2 and set(local.scores["local"]) == {"en"}  # score_every = 0: none

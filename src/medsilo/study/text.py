@@ -539,10 +539,12 @@ def run_pipeline(
     *,
     local_step: bool,
     ledgers: Mapping[str, tuple[Ledger, bytes]] | None = None,
+    on_finetune_round: Callable[[int, Mapping[str, np.ndarray]], None] | None = None,
 ) -> PipelineResult:
     """MLM pretraining (``pretrain.rounds``, 0 to skip) -> fine-tuning for tagging ->
     optionally the local step, all federated over ``members`` (one member: that group
-    alone)."""
+    alone). ``on_finetune_round(r, weights)`` sees the global weights after each
+    fine-tuning round ``r`` (1-based)."""
     spec, seed = study.model, study.study.seed
     names = [m.name for m in members]
     seconds: dict[str, list[float]] = {"pretrain": [], "finetune": []}
@@ -555,6 +557,7 @@ def run_pipeline(
         offset: int,
         key: str,
         on_round: Callable[[RoundResult], None] | None = None,
+        on_weights: Callable[[int, Mapping[str, np.ndarray]], None] | None = None,
     ) -> dict[str, np.ndarray]:
         coordinator = Coordinator(init, study.strategy, names, phase.config(), seed)
         coordinator.rounds_done = offset  # ledger rounds number on across the phases
@@ -563,6 +566,8 @@ def run_pipeline(
             seconds[key].append(result.seconds)
             if on_round is not None:
                 on_round(result)
+            if on_weights is not None:
+                on_weights(result.round - offset, coordinator.weights)
 
         LocalEngine().run(
             coordinator,
@@ -640,7 +645,14 @@ def run_pipeline(
     first = next(iter(sites.values())).model
     if encoder is not None:
         set_weights(first, shared_weights(encoder, first))
-    weights = engine_run(sites, get_weights(first), study.finetune, offset, "finetune")
+    weights = engine_run(
+        sites,
+        get_weights(first),
+        study.finetune,
+        offset,
+        "finetune",
+        on_weights=on_finetune_round,
+    )
     personalized: dict[str, dict[str, np.ndarray]] = {}
     if local_step and study.local_step.enabled:
         round_ = offset + study.finetune.rounds + 1
@@ -770,8 +782,15 @@ def run_setting(
     data: Prepared,
     setting: str,
     ledgers: Mapping[str, tuple[Ledger, bytes]] | None = None,
+    *,
+    on_scores: Callable[[int, dict[str, dict[str, float]]], None] | None = None,
+    score_every: int = 0,
 ) -> SettingResult:
-    """Train one setting (see :func:`settings_of`) and score it on the providers' tests."""
+    """Train one setting (see :func:`settings_of`) and score it on the providers' tests.
+
+    ``score_every = k > 0``: also score the global model of the fine-tuning phase after
+    every ``k``-th round and the last (the learning curve; the round times exclude it) and
+    pass ``(round, {provider: scores})`` to ``on_scores``."""
     model = build_tagger(
         study.model, data.tokenizer, data.labels, seed=study.study.seed, device=study.study.device
     )
@@ -780,9 +799,29 @@ def run_setting(
         set_weights(model, weights)
         return tagging_scores(model, corpus, data.labels)
 
+    def curve(
+        targets: Sequence[Corpus],
+    ) -> Callable[[int, Mapping[str, np.ndarray]], None] | None:
+        if on_scores is None or score_every <= 0:
+            return None
+
+        def scored(r: int, weights: Mapping[str, np.ndarray]) -> None:
+            if r % score_every == 0 or r == study.finetune.rounds:
+                on_scores(r, {p.name: score(weights, p) for p in targets})
+
+        return scored
+
     providers, labels, tokenizer = data.providers, data.labels, data.tokenizer
     if setting == "federated":
-        fed = run_pipeline(study, providers, tokenizer, labels, local_step=True, ledgers=ledgers)
+        fed = run_pipeline(
+            study,
+            providers,
+            tokenizer,
+            labels,
+            local_step=True,
+            ledgers=ledgers,
+            on_finetune_round=curve(providers),
+        )
         scores = {"federated": {p.name: score(fed.weights, p) for p in providers}}
         if fed.personalized:
             scores["federated+local"] = {
@@ -796,17 +835,39 @@ def run_setting(
         if p is None:
             raise ConfigError(f"setting {setting!r}: no such provider")
         own = {p.name: ledgers[p.name]} if ledgers else None
-        alone = run_pipeline(study, [p], tokenizer, labels, local_step=True, ledgers=own)
+        alone = run_pipeline(
+            study,
+            [p],
+            tokenizer,
+            labels,
+            local_step=True,
+            ledgers=own,
+            on_finetune_round=curve([p]),
+        )
         final = alone.personalized.get(p.name, alone.weights)
         return SettingResult({"local": {p.name: score(final, p)}}, alone.round_seconds)
     if setting == "central_public":
         if data.public is None:
             raise ConfigError("central_public needs a [public] corpus")
-        central = run_pipeline(study, [data.public], tokenizer, labels, local_step=False)
+        central = run_pipeline(
+            study,
+            [data.public],
+            tokenizer,
+            labels,
+            local_step=False,
+            on_finetune_round=curve(providers),
+        )
         scores = {"central_public": {p.name: score(central.weights, p) for p in providers}}
         return SettingResult(scores, central.round_seconds)
     if setting == "pooled":
-        pooled = run_pipeline(study, [_pool(providers)], tokenizer, labels, local_step=False)
+        pooled = run_pipeline(
+            study,
+            [_pool(providers)],
+            tokenizer,
+            labels,
+            local_step=False,
+            on_finetune_round=curve(providers),
+        )
         return SettingResult(
             {"pooled": {p.name: score(pooled.weights, p) for p in providers}},
             pooled.round_seconds,
