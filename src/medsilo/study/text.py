@@ -132,10 +132,11 @@ class PhaseSection(_Section):
     shorter rounds: less client drift between providers); the site's data order runs on
     across rounds, so every row is still seen once per epoch."""
     keep_moments: bool = False
-    """AdamW: each site keeps its Adam moments between rounds (they never leave it).
-    The default restarts them every round: measured, a from-scratch tagger trained with
-    continuous AdamW stalls on the all-``O`` plateau where restarted moments (whose first
-    step is a sign step of size ``lr``) learn (docs/text.md)."""
+    """AdamW: each site keeps its Adam moments between rounds (they never leave it);
+    false restarts them every round. Restarting was needed while the tagger started from
+    uniform predictions (continuous AdamW then stayed on the all-``O`` plateau); with the
+    classifier starting at the ``O`` prior (``[model] outside_prior``) both learn and
+    keeping them is slightly better (docs/text.md, "Why uninterrupted AdamW stalled")."""
 
     def round_steps(self, rows: int) -> int:
         """Optimizer steps a site with ``rows`` rows takes per round."""

@@ -485,9 +485,8 @@ def train_adamw(
     as in one uninterrupted run. Dropout is drawn from ``(seed, start_step)``.
 
     ``moments``: Adam's first and second moments (and step count) carried from the
-    previous call, updated in place; None starts them from zero at every call. The
-    text studies restart them every round (``keep_moments = false``, measured better:
-    docs/text.md, "Why federated tagging collapsed").
+    previous call, updated in place; None starts them from zero at every call (the text
+    studies' ``keep_moments = false``; docs/text.md, "Why uninterrupted AdamW stalled").
     ``anchor``/``proximal_mu``: FedProx's term ``mu/2 ||w - anchor||^2``."""
     from medsilo.tasks.models import seeded_cpu_rng
 
