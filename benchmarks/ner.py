@@ -625,6 +625,98 @@ def plateau_markdown(runs: Sequence[dict[str, Any]], sentences: int, epochs: int
     )
 
 
+SPEED_MODELS: list[tuple[int, int, int, int]] = [
+    (2, 128, 2, 512),
+    (2, 256, 4, 1024),
+    (4, 256, 4, 1024),
+    (12, 768, 12, 3072),
+]
+"""(layers, hidden, heads, intermediate): the base model, two larger ones, BERT-base."""
+
+
+def speed(data: Path, steps: int, seed: int = 0) -> dict[str, Any]:
+    """AdamW training step time (batch 32 windows of 64 sub-tokens of MEDDOCAN, 1 torch
+    thread) of each :data:`SPEED_MODELS` size, measured one after the other in one
+    process, and what one epoch of the full MEDDOCAN training set (its number of windows
+    / 32 steps) would take at that speed."""
+    import torch
+
+    from medsilo.study.text import CorpusSection, build_tokenizer, read_corpus
+    from medsilo.tasks.text import (
+        AdamWSchedule,
+        TextModelSpec,
+        build_tagger,
+        encode_tagging,
+        train_adamw,
+    )
+
+    torch.set_num_threads(1)
+    section = CorpusSection(
+        train=[data / "meddocan" / "brat" / "train"],
+        format="brat",
+        label_map=PHI_MAP["meddocan"],
+    )
+    from medsilo.data.text import bio_labels, entity_types
+
+    train = read_corpus(section.train, section)
+    labels = bio_labels(entity_types(train))
+    tokenizer = build_tokenizer(_study("deid", seed, PRESETS["adamw"], data, data, "cpu"))
+    base = TextModelSpec(**PRESETS["adamw"]["model"])
+    encoded = encode_tagging(train, tokenizer, labels, max_len=base.max_len, overlap=base.overlap)
+    x, y = torch.from_numpy(encoded.ids), torch.from_numpy(encoded.labels)
+    epoch_steps = -(-len(y) // 32)
+    rows = []
+    for layers, hidden, heads, intermediate in SPEED_MODELS:
+        spec = base.model_copy(
+            update={
+                "layers": layers,
+                "hidden": hidden,
+                "heads": heads,
+                "intermediate": intermediate,
+            }
+        )
+        model = build_tagger(spec, tokenizer, labels, seed=seed)
+        schedule = AdamWSchedule(lr=2e-3, total_steps=steps + 1, warmup_steps=1)
+        train_adamw(model, x, y, schedule, batch_size=32, seed=seed, steps=1)  # warm up
+        started = time.perf_counter()
+        train_adamw(model, x, y, schedule, batch_size=32, seed=seed, start_step=1, steps=steps)
+        step = (time.perf_counter() - started) / steps
+        rows.append(
+            {
+                "layers": layers,
+                "hidden": hidden,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "seconds_per_step": step,
+                "epoch_minutes": step * epoch_steps / 60,
+            }
+        )
+        print(f"speed {layers} x {hidden}: {step:.3f} s/step", flush=True)
+    return {"rows": rows, "steps": steps, "epoch_steps": epoch_steps, "windows": len(y)}
+
+
+def speed_markdown(result: dict[str, Any]) -> str:
+    first = result["rows"][0]["seconds_per_step"]
+    rows = [
+        [
+            f"{r['layers']} x {r['hidden']}",
+            f"{r['parameters'] / 1e6:.1f} M",
+            f"{1000 * r['seconds_per_step']:.0f}",
+            f"{r['seconds_per_step'] / first:.1f}",
+            f"{r['epoch_minutes']:.0f}",
+        ]
+        for r in result["rows"]
+    ]
+    table = md_table(
+        ["model", "parameters", "ms / step", "x the 2 x 128", "min / MEDDOCAN epoch"], rows
+    )
+    return (
+        f"## Step time by model size\n\nAdamW steps of 32 MEDDOCAN windows (64 sub-tokens), "
+        f"1 torch thread, {result['steps']} steps per size after one warm-up step, the sizes "
+        f"one after the other in one process; one epoch of the full training set is "
+        f"{result['epoch_steps']} steps ({result['windows']} windows).\n\n{table}"
+    )
+
+
 def _phase(optimizer: str, epochs: int) -> Any:
     from medsilo.study.text import PhaseSection
 
@@ -779,11 +871,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--experiment",
-        choices=["e3c", "deid", "all", "diagnose", "rounds", "plateau"],
+        choices=["e3c", "deid", "all", "diagnose", "rounds", "plateau", "speed"],
         default="all",
     )
     parser.add_argument("--sentences", type=int, default=2000, help="diagnose: training sentences")
-    parser.add_argument("--epochs", type=int, default=3, help="diagnose: epochs per optimizer")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="diagnose/rounds/plateau: epochs; speed: timed steps per model size",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -817,6 +914,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results(
             args.name, "Clinical NER: why the first runs did not learn", text, result, started
         )
+        print(text)
+        return 0
+    if args.experiment == "speed":
+        result = speed(args.data, args.epochs)
+        text = speed_markdown(result)
+        write_results(args.name, "Clinical NER: step time by model size", text, result, started)
         print(text)
         return 0
     if args.experiment == "plateau":
