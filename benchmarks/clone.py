@@ -399,8 +399,10 @@ def _finished(
 def summarize(args: argparse.Namespace) -> int:
     """``--summarize``: the summary of earlier results files, with what runs written before
     this script recorded them lacked: the attack's member and non-member counts (from the
-    seed's split, as :func:`medsilo.clone.evaluate.membership_attack` draws them); peak RSS
-    stays unknown ("n/a")."""
+    seed's split, as :func:`medsilo.clone.evaluate.membership_attack` draws them); the
+    Mondrian baseline for runs of this session's schema made before it was recorded (it
+    does not depend on the clone: recomputed on the seed's split exactly as ``evaluate``
+    does); peak RSS stays unknown ("n/a")."""
     runs: list[dict[str, Any]] = []
     for name in args.summarize:
         source = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
@@ -413,10 +415,37 @@ def summarize(args: argparse.Namespace) -> int:
             non_members = len(test_idx) - len(test_idx) // 2
             run["attack_members"] = float(min(non_members, len(train_idx)))
             run["attack_non_members"] = float(non_members)
+        if "k5_all_auroc" in run and "k5_all_mondrian_auroc" not in run:
+            run |= _mondrian_baseline(run["dataset"], run["seed"])
     if not args.name:
         raise SystemExit("--summarize needs --name for the new results file")
     report(args, runs, datetime.now(UTC), ", ".join(f"results/{n}" for n in args.summarize))
     return 0
+
+
+def _mondrian_baseline(dataset: str, seed: int) -> dict[str, Any]:
+    """The ``k5_all_mondrian_*`` fields of :func:`one_run` for this seed's split."""
+    frame, schema, _ = builtin.load(dataset)
+    domain = TableDomain(schema)
+    train_idx, test_idx = split(frame[builtin.LABEL].to_numpy(), seed)
+    codes = domain.encode(frame.iloc[train_idx].reset_index(drop=True)).codes
+    holdout = domain.encode(frame.iloc[test_idx].reset_index(drop=True)).codes
+    features = [c for c in domain.columns if c != builtin.LABEL]
+    scores, measured = anonymized_baseline(
+        domain,
+        codes,
+        holdout,
+        features,
+        5,
+        label=builtin.LABEL,
+        positive=domain.sizes[builtin.LABEL] - 2,
+        seed=seed,
+        algorithm="mondrian",
+    )
+    keys = ("attack_auroc", "domias_auroc", "distance_auroc", "rows_equal_share")
+    return {"k5_all_mondrian_auroc": scores["auroc"]} | {
+        f"k5_all_mondrian_{key}": measured[key] for key in keys
+    }
 
 
 def report(
