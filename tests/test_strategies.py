@@ -413,6 +413,9 @@ class _FakeSite:
         self.evaluated.append(request.round)
         return Evaluation(self.name, request.round, request.split, 1, {"accuracy": 1.0})
 
+    def mark_sent(self) -> None:
+        """No ledger: nothing to mark."""
+
 
 def test_engine_trains_only_the_selected_sites() -> None:
     coordinator = _coordinator(6, 0.5, seed=3)
