@@ -401,6 +401,26 @@ def curve_markdown(runs: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def _meddocan_local(data: Path, sentences: int, seed: int) -> tuple[Any, Any, list[str], Any]:
+    """The single-tagger experiments' data: MEDDOCAN's first ``sentences`` training and
+    first 1000 test sentences (PHI types mapped), their IOB2 labels, and the studies'
+    public tokenizer."""
+    from medsilo.data.text import bio_labels, entity_types
+    from medsilo.study.text import CorpusSection, build_tokenizer, read_corpus
+
+    section = CorpusSection(
+        train=[data / "meddocan" / "brat" / "train"],
+        test=[data / "meddocan" / "brat" / "test"],
+        format="brat",
+        label_map=PHI_MAP["meddocan"],
+    )
+    train = read_corpus(section.train, section)[:sentences]
+    test = read_corpus(section.test, section)[:1000]
+    labels = bio_labels(entity_types([*train, *test]))
+    tokenizer = build_tokenizer(_study("deid", seed, PRESETS["adamw"], data, data, "cpu"))
+    return train, test, labels, tokenizer
+
+
 def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str, Any]:
     """One local MEDDOCAN tagger (first ``sentences`` training sentences, PHI types mapped),
     trained the same way but for the optimizer: the SGD the first runs used (lr 0.05,
@@ -412,7 +432,6 @@ def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str
 
     from medsilo.fed.messages import TrainConfig
     from medsilo.fed.training import train_local
-    from medsilo.study.text import CorpusSection, read_corpus
     from medsilo.tasks.text import (
         TextModelSpec,
         build_tagger,
@@ -424,21 +443,7 @@ def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str
     )
 
     torch.set_num_threads(1)
-    section = CorpusSection(
-        train=[data / "meddocan" / "brat" / "train"],
-        test=[data / "meddocan" / "brat" / "test"],
-        format="brat",
-        label_map=PHI_MAP["meddocan"],
-    )
-    train = read_corpus(section.train, section)[:sentences]
-    test = read_corpus(section.test, section)[:1000]
-    from medsilo.data.text import bio_labels, entity_types
-
-    labels = bio_labels(entity_types([*train, *test]))
-    study = _study("deid", seed, PRESETS["adamw"], data, data, "cpu")
-    from medsilo.study.text import build_tokenizer
-
-    tokenizer = build_tokenizer(study)
+    train, test, labels, tokenizer = _meddocan_local(data, sentences, seed)
     spec = TextModelSpec(**PRESETS["adamw"]["model"])
     kw = {"max_len": spec.max_len, "overlap": spec.overlap}
     tr = encode_tagging(train, tokenizer, labels, **kw)
@@ -499,7 +504,6 @@ def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from medsilo.study.text import CorpusSection, build_tokenizer, read_corpus
     from medsilo.tasks.text import (
         AdamWSchedule,
         TextModelSpec,
@@ -514,19 +518,7 @@ def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
     index, data_dir, sentences, epochs, seed = args
     prior, restart = PLATEAU_CONFIGS[index]
     torch.set_num_threads(1)
-    data = Path(data_dir)
-    section = CorpusSection(
-        train=[data / "meddocan" / "brat" / "train"],
-        test=[data / "meddocan" / "brat" / "test"],
-        format="brat",
-        label_map=PHI_MAP["meddocan"],
-    )
-    from medsilo.data.text import bio_labels, entity_types
-
-    train = read_corpus(section.train, section)[:sentences]
-    test = read_corpus(section.test, section)[:1000]
-    labels = bio_labels(entity_types([*train, *test]))
-    tokenizer = build_tokenizer(_study("deid", seed, PRESETS["adamw"], data, data, "cpu"))
+    train, test, labels, tokenizer = _meddocan_local(Path(data_dir), sentences, seed)
     spec = TextModelSpec(**PRESETS["adamw"]["model"], outside_prior=prior)
     kw = {"max_len": spec.max_len, "overlap": spec.overlap}
     tr = encode_tagging(train, tokenizer, labels, **kw)

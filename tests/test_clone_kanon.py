@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medsilo.clone.anonymize import is_k_anonymous, mondrian
+from medsilo.clone.anonymize import is_k_anonymous, k_anonymize, mondrian
 from medsilo.clone.domain import TableDomain
 from medsilo.clone.evaluate import baseline_label, evaluate
 from medsilo.clone.schema import parse_schema
@@ -83,3 +83,21 @@ def test_no_matched_baseline_when_every_column_is_already_a_quasi_identifier() -
     result = evaluate(real, table(120, 2), holdout, SCHEMA, "y", ks=(5,))
     assert list(result.anonymized) == ["k5", "k5_all_mondrian"]
     assert baseline_label("k5_all_mondrian") == "k=5 (all QI, Mondrian)"
+
+
+@pytest.mark.parametrize("anonymizer", [k_anonymize, mondrian])
+@pytest.mark.parametrize(
+    ("quasi_identifiers", "k", "message"),
+    [
+        (["age"], 1, "k must be >= 2"),
+        (["age", "ward"], 5, r"\['ward'\] are not synthesized columns"),
+        ([], 5, "at least one quasi-identifier"),
+    ],
+)
+def test_bad_k_or_quasi_identifiers_are_refused(
+    anonymizer: object, quasi_identifiers: list[str], k: int, message: str
+) -> None:
+    domain = TableDomain(SCHEMA)
+    codes = domain.encode(table(40, seed=3)).codes
+    with pytest.raises(ConfigError, match=message):
+        anonymizer(domain, codes, quasi_identifiers, k)  # type: ignore[operator]

@@ -99,6 +99,18 @@ def _representative(domain: TableDomain, column: str, code: np.ndarray, level: i
     return np.where(code == missing, missing, (first + last) // 2)
 
 
+def _checked_rows(codes: dict[str, np.ndarray], quasi_identifiers: Sequence[str], k: int) -> int:
+    """The table's row count, once ``k`` and the quasi-identifiers are valid for it."""
+    if k < 2:
+        raise ConfigError(f"k must be >= 2; got {k}")
+    unknown = [q for q in quasi_identifiers if q not in codes]
+    if unknown:
+        raise ConfigError(f"quasi-identifier(s) {unknown} are not synthesized columns")
+    if not quasi_identifiers:
+        raise ConfigError("k-anonymity needs at least one quasi-identifier column")
+    return len(next(iter(codes.values())))
+
+
 def k_anonymize(
     domain: TableDomain,
     codes: dict[str, np.ndarray],
@@ -107,14 +119,7 @@ def k_anonymize(
     max_suppression: float = 0.05,
 ) -> Anonymized:
     """Datafly: generalize, then suppress, until every class has >= k rows."""
-    if k < 2:
-        raise ConfigError(f"k must be >= 2; got {k}")
-    unknown = [q for q in quasi_identifiers if q not in codes]
-    if unknown:
-        raise ConfigError(f"quasi-identifier(s) {unknown} are not synthesized columns")
-    if not quasi_identifiers:
-        raise ConfigError("k-anonymity needs at least one quasi-identifier column")
-    n = len(next(iter(codes.values())))
+    n = _checked_rows(codes, quasi_identifiers, k)
     levels = dict.fromkeys(quasi_identifiers, 0)
 
     def classes() -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -162,14 +167,7 @@ def mondrian(
 ) -> Anonymized:
     """Strict multidimensional Mondrian (LeFevre et al. 2006): median splits while both
     halves keep >= k rows, then one released value per class and quasi-identifier."""
-    if k < 2:
-        raise ConfigError(f"k must be >= 2; got {k}")
-    unknown = [q for q in quasi_identifiers if q not in codes]
-    if unknown:
-        raise ConfigError(f"quasi-identifier(s) {unknown} are not synthesized columns")
-    if not quasi_identifiers:
-        raise ConfigError("k-anonymity needs at least one quasi-identifier column")
-    n = len(next(iter(codes.values())))
+    n = _checked_rows(codes, quasi_identifiers, k)
     if n < k:
         raise ConfigError(f"{n} rows cannot be {k}-anonymous without suppressing them all")
     width = {q: max(domain.sizes[q] - 1, 1) for q in quasi_identifiers}
