@@ -28,7 +28,9 @@ after every run (a cut run keeps its finished seeds; the file says how many ran)
 Timings: the clone's wall time per run (MST/AIM, JAX compilation included); memory: the
 peak resident set size of the process during the clone (psutil, sampled every 0.2 s).
 ``--jobs N``: each run in a fresh worker process (spawned, one run per process: XLA's
-compiled programs would otherwise grow one process's memory clone after clone), N at once.
+compiled programs would otherwise grow one process's memory clone after clone), N at once;
+a run whose process dies (out of memory) is reported, the others go on, and the exit code
+is 1.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ import argparse
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,10 +177,11 @@ def null_auroc_se(members: float, non_members: float) -> float:
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
-    """95 % two-sided t-interval of the mean (the mean twice for one value)."""
+    """95 % two-sided t-interval of the mean; one value bounds nothing (no degrees of
+    freedom): the whole line, so that one seed's verdict is "undecided"."""
     m = statistics.fmean(values)
     if len(values) < 2:
-        return m, m
+        return -math.inf, math.inf
     t975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365}
     half = t975.get(len(values), 2.0) * statistics.stdev(values) / math.sqrt(len(values))
     return m - half, m + half
@@ -367,19 +372,56 @@ def main() -> int:
         for epsilon in args.epsilons
         for seed in range(args.first_seed, args.first_seed + args.seeds)
     ]
-    if args.jobs:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(args.jobs, maxtasksperchild=1) as pool:
-            for run in pool.imap_unordered(_one_run_task, tasks):
-                _finished(args, runs, run, started)
-    else:
+    if not args.jobs:
         for task in tasks:
             _finished(args, runs, one_run(*task), started)
-    return 0
+        return 0
+    failed = in_fresh_processes(tasks, args.jobs, lambda run: _finished(args, runs, run, started))
+    for dataset, seed, epsilon, *_ in failed:
+        print(f"{dataset} eps={epsilon:g} seed={seed}: FAILED (see above); not in the results")
+    return 1 if failed else 0
 
 
-def _one_run_task(task: tuple[str, int, float, str, bool]) -> dict[str, Any]:
-    return one_run(*task)
+Task = tuple[str, int, float, str, bool]
+
+
+def in_fresh_processes(
+    tasks: list[Task], jobs: int, on_run: Callable[[dict[str, Any]], None]
+) -> list[Task]:
+    """Each task's :func:`one_run` in its own spawned process, at most ``jobs`` at once
+    (XLA's compiled programs would otherwise grow one process's memory clone after clone);
+    ``on_run`` gets each result as it arrives. A process that ends without a result (an
+    exception, killed, out of memory) is reported with its exit code and the others go
+    on; returns the tasks that failed."""
+    context = multiprocessing.get_context("spawn")
+    queue, failed = list(tasks), []
+    running: dict[Any, tuple[Task, Any]] = {}
+    while queue or running:
+        while queue and len(running) < jobs:
+            task = queue.pop(0)
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_send_run, args=(task, sender))
+            process.start()
+            sender.close()  # the child holds the only sending end: EOF when it dies
+            running[receiver] = (task, process)
+        for receiver in multiprocessing.connection.wait(list(running)):
+            task, process = running.pop(receiver)  # type: ignore[index]
+            try:
+                run = receiver.recv()  # type: ignore[union-attr]
+            except EOFError:
+                run = None
+            process.join()
+            if run is None:
+                print(f"{task}: the process ended without a result (exit code {process.exitcode})")
+                failed.append(task)
+            else:
+                on_run(run)
+    return failed
+
+
+def _send_run(task: Task, sender: Any) -> None:
+    sender.send(one_run(*task))
+    sender.close()
 
 
 def _finished(
