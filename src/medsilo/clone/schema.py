@@ -241,9 +241,8 @@ def parse_schema(raw: object, where: str = "schema") -> CloneSchema:
         for spec in raw["columns"].values():  # JSON has no dates: accept ISO strings
             if isinstance(spec, dict) and spec.get("type") == "date":
                 for key in ("lower", "upper"):
-                    if isinstance(spec.get(key), str):
-                        with contextlib.suppress(ValueError):
-                            spec[key] = dt.date.fromisoformat(spec[key])
+                    if key in spec:
+                        spec[key] = _date_or_value(spec[key])
                 if isinstance(spec.get("edges"), list):
                     spec["edges"] = [_date_or_value(e) for e in spec["edges"]]
     try:
