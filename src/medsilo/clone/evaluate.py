@@ -266,7 +266,7 @@ def anonymized_baseline(
     seed: int,
     algorithm: Algorithm = "datafly",
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """The k-anonymized real table (Datafly) as a release: the model trained on it, tested
+    """The k-anonymized real table (``algorithm``) as a release: the model trained on it, tested
     on the holdout (AUROC, accuracy), and what it leaks on the clone's own scale - the same
     membership attacks and exact-row counts, with the anonymized table in the clone's place.
 
