@@ -859,11 +859,299 @@ def rounds_markdown(runs: Sequence[dict[str, Any]], sentences: int, epochs: int)
     )
 
 
+# ------------------------------------------------ one MEDDOCAN tagger, many epochs (issue 8)
+
+TOKENIZER_TEXTS = ("pubmed", "multilingual")
+"""Public text the byte-level BPE is learnt on: ``pubmed`` = the English PubMed train
+splits of NCBI-disease and BC5CDR (the studies' default); ``multilingual`` = those plus
+E3C's clinical cases in its 5 languages (train and test; CC BY-NC, benchmark only) and
+Faker's es_ES / de_DE locales (word lists, names, addresses, companies, jobs: public data
+shipped in an installed package)."""
+
+
+def _faker_lines(locale: str, count: int, seed: int = 0) -> list[str]:
+    """``count`` lines of each kind of Faker's ``locale`` (seeded): its lorem word list,
+    person names, addresses, companies, jobs, phone numbers and e-mails."""
+    from faker import Faker
+
+    fake = Faker(locale)
+    fake.seed_instance(seed)
+    kinds = (fake.name, fake.address, fake.company, fake.job, fake.phone_number, fake.email)
+    lines = [" ".join(fake.words(12)) for _ in range(count)]
+    return lines + [kind().replace("\n", " ") for kind in kinds for _ in range(count)]
+
+
+def _meddocan_grams(data: Path, n: int = 8) -> set[tuple[str, ...]]:
+    """Every word ``n``-gram of MEDDOCAN (train, dev and test): text that must not reach
+    the tokenizer."""
+    from medsilo.study.text import CorpusSection, read_corpus
+
+    grams: set[tuple[str, ...]] = set()
+    for split in ("train", "dev", "test"):
+        path = data / "meddocan" / "brat" / split
+        for s in read_corpus([path], CorpusSection(train=[path], format="brat")):
+            grams.update(tuple(s.words[i : i + n]) for i in range(len(s.words) - n + 1))
+    return grams
+
+
+def public_texts(data: Path, which: str) -> tuple[list[str], dict[str, int]]:
+    """The lines of public text of :data:`TOKENIZER_TEXTS` ``which``, and how many lines
+    each source gave. E3C's Spanish cases partly come from SPACCC, MEDDOCAN's source
+    collection: an E3C sentence sharing any word 8-gram with MEDDOCAN is dropped (the
+    count is reported as ``e3c_dropped_overlap``), so no MEDDOCAN text reaches it."""
+    from medsilo.data.text import read_conll
+
+    counts: dict[str, int] = {}
+    lines: list[str] = []
+    for name in ("ncbi_disease", "bc5cdr"):
+        got = [" ".join(s.words) for s in read_conll(data / name / "train.tsv").sentences]
+        counts[name] = len(got)
+        lines += got
+    if which == "pubmed":
+        return lines, counts
+    banned = _meddocan_grams(data)
+    dropped = 0
+    for lang in LANGUAGES:
+        kept = []
+        for split in ("train", "test"):
+            for s in read_conll(data / "e3c_clinical_entities" / lang / f"{split}.txt").sentences:
+                w = s.words
+                if any(tuple(w[i : i + 8]) in banned for i in range(len(w) - 7)):
+                    dropped += 1
+                else:
+                    kept.append(" ".join(w))
+        counts[f"e3c_{lang.lower()}"] = len(kept)
+        lines += kept
+    counts["e3c_dropped_overlap"] = dropped
+    for locale in ("es_ES", "de_DE"):
+        got = _faker_lines(locale, 3000)
+        counts[f"faker_{locale}"] = len(got)
+        lines += got
+    return lines, counts
+
+
+def _phi_corpora(data: Path) -> dict[str, tuple[list[Any], list[Any]]]:
+    """MEDDOCAN (brat train / test) and GraSCCo (80/20 document split), PHI types mapped."""
+    from medsilo.study.text import CorpusSection, read_corpus
+
+    out = {}
+    section = CorpusSection(
+        train=[data / "meddocan" / "brat" / "train"],
+        test=[data / "meddocan" / "brat" / "test"],
+        format="brat",
+        label_map=PHI_MAP["meddocan"],
+    )
+    out["meddocan"] = (read_corpus(section.train, section), read_corpus(section.test, section))
+    with tempfile.TemporaryDirectory() as split_dir:
+        _split_grascco(data, Path(split_dir))
+        g = CorpusSection(
+            train=[Path(split_dir) / "grascco_train.tsv"], label_map=PHI_MAP["grascco"]
+        )
+        out["grascco"] = (
+            read_corpus(g.train, g),
+            read_corpus([Path(split_dir) / "grascco_test.tsv"], g),
+        )
+    return out
+
+
+def fertility(data: Path, vocab_size: int = 8000) -> dict[str, Any]:
+    """Sub-tokens per word (fertility; Rust et al., "How good is your tokenizer?", ACL
+    2021) of MEDDOCAN's and GraSCCo's test words, overall and inside PHI entities, with the
+    byte-level BPE learnt on each :data:`TOKENIZER_TEXTS` choice."""
+    import numpy as np
+
+    from medsilo.tasks.tokenizer import train_public_tokenizer
+
+    corpora = _phi_corpora(data)
+    rows: dict[str, Any] = {}
+    for which in TOKENIZER_TEXTS:
+        started = time.perf_counter()
+        texts, counts = public_texts(data, which)
+        tokenizer = train_public_tokenizer(texts, vocab_size)
+        row: dict[str, Any] = {"sources": counts, "learn_seconds": time.perf_counter() - started}
+        for name, (_, test) in corpora.items():
+            every, phi = [], []
+            for s in test:
+                for piece, tag in zip(tokenizer.encode_words(s.words), s.tags, strict=True):
+                    every.append(len(piece))
+                    if tag != "O":
+                        phi.append(len(piece))
+            row[name] = {"all": float(np.mean(every)), "phi": float(np.mean(phi))}
+        rows[which] = row
+        print(f"fertility {which}: {row}", flush=True)
+    return {"vocab_size": vocab_size, "rows": rows}
+
+
+def fertility_markdown(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            which,
+            f"{r['meddocan']['all']:.2f}",
+            f"{r['meddocan']['phi']:.2f}",
+            f"{r['grascco']['all']:.2f}",
+            f"{r['grascco']['phi']:.2f}",
+            ", ".join(f"{k} {v}" for k, v in r["sources"].items()),
+        ]
+        for which, r in result["rows"].items()
+    ]
+    table = md_table(
+        [
+            "tokenizer learnt on",
+            "MEDDOCAN test, all words",
+            "MEDDOCAN, PHI words",
+            "GraSCCo test, all words",
+            "GraSCCo, PHI words",
+            "lines of public text",
+        ],
+        rows,
+    )
+    return (
+        f"## Sub-tokens per word (fertility)\n\nByte-level BPE of {result['vocab_size']} "
+        f"tokens learnt on public text only; MEDDOCAN's and GraSCCo's test words (the "
+        f"tokenizer never sees them; E3C sentences sharing a word 8-gram with MEDDOCAN are "
+        f"dropped first).\n\n{table}"
+    )
+
+
+def meddocan_epochs(
+    data: Path,
+    epochs: int,
+    which: str,
+    save: Path,
+    *,
+    alignment: str = "first",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One local MEDDOCAN tagger on the whole training set (PHI types mapped): the
+    ``full_data`` preset's model (2 x 128 BERT from scratch, classifier at the O prior)
+    and AdamW (lr 2e-3, batch 32, 6% warmup then linear decay to 0 over ``epochs``
+    epochs, Adam's moments kept throughout: one continuous run), the tokenizer learnt on
+    :func:`public_texts` ``which``. After every epoch: mean training loss, entity F1 on
+    the whole test set, and the model saved to ``save`` (a tagger directory,
+    :class:`~medsilo.tasks.tagger.Tagger`) with the curve so far in its manifest, so an
+    interrupted run leaves its last epoch and every run can be re-scored
+    (``--experiment rescore``)."""
+    import torch
+
+    from medsilo.data.text import bio_labels, entity_types
+    from medsilo.tasks.tagger import Tagger
+    from medsilo.tasks.text import (
+        AdamWSchedule,
+        TextModelSpec,
+        build_tagger,
+        decode_tags,
+        encode_tagging,
+        entity_scores,
+        predict,
+        train_adamw,
+    )
+    from medsilo.tasks.tokenizer import train_public_tokenizer
+
+    torch.set_num_threads(1)
+    train, test = _phi_corpora(data)["meddocan"]
+    labels = bio_labels(entity_types([*train, *test]))
+    texts, counts = public_texts(data, which)
+    tokenizer = train_public_tokenizer(texts, 8000)
+    spec = TextModelSpec(**PRESETS["full_data"]["model"], alignment=alignment)
+    kw = {"max_len": spec.max_len, "overlap": spec.overlap}
+    tr = encode_tagging(train, tokenizer, labels, alignment=spec.alignment, **kw)
+    te = encode_tagging(test, tokenizer, labels, **kw)
+    x, y = torch.from_numpy(tr.ids), torch.from_numpy(tr.labels)
+    model = build_tagger(spec, tokenizer, labels, seed=seed)
+    per = -(-len(y) // 32)
+    total = per * epochs
+    schedule = AdamWSchedule(lr=2e-3, total_steps=total, warmup_steps=round(0.06 * total))
+    moments: dict[str, Any] = {}
+    curve: list[dict[str, Any]] = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        loss = train_adamw(
+            model,
+            x,
+            y,
+            schedule,
+            batch_size=32,
+            seed=seed,
+            start_step=epoch * per,
+            steps=per,
+            moments=moments,
+        )
+        seconds = time.perf_counter() - started
+        scores = entity_scores(
+            [s.tags for s in test], decode_tags(predict(model, te.ids), te, labels)
+        )
+        curve.append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "train_seconds": seconds,
+                "f1": scores["f1"],
+                "score_seconds": time.perf_counter() - started - seconds,
+            }
+        )
+        extra = {
+            "benchmark": "ner.py meddocan",
+            "tokenizer_text": which,
+            "curve": curve,
+            "epochs_planned": epochs,
+            "seed": seed,
+        }
+        Tagger(model, tokenizer, labels, spec).save(save, extra=extra)
+        print(
+            f"meddocan {which} epoch {epoch + 1}/{epochs}: loss {loss:.4f} F1 "
+            f"{scores['f1']:.4f} ({seconds:.0f} s train)",
+            flush=True,
+        )
+    return {
+        "tokenizer_text": which,
+        "sources": counts,
+        "alignment": alignment,
+        "epochs": epochs,
+        "steps_per_epoch": per,
+        "train_windows": len(y),
+        "curve": curve,
+        "saved": str(save),
+        "seed": seed,
+    }
+
+
+def meddocan_markdown(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            str(p["epoch"]),
+            f"{p['loss']:.4f}",
+            f"{p['f1']:.3f}",
+            f"{p['train_seconds'] / 60:.1f}",
+        ]
+        for p in result["curve"]
+    ]
+    table = md_table(["epoch", "train loss", "test F1 (argmax)", "train min"], rows)
+    return (
+        f"## One local MEDDOCAN tagger, {result['epochs']} epochs\n\nWhole training set "
+        f"({result['train_windows']} windows, {result['steps_per_epoch']} steps an epoch), "
+        f"whole test set, PHI types mapped; 2 x 128 BERT from scratch, classifier at the O "
+        f"prior, continuous AdamW (lr 2e-3, batch 32, 6% warmup, linear decay to 0 at the "
+        f"last epoch), alignment {result['alignment']!r}, seed {result['seed']}; byte-level "
+        f"BPE of 8,000 tokens learnt on public text {result['tokenizer_text']!r} "
+        f"({result['sources']}). Model saved to {result['saved']}.\n\n{table}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--experiment",
-        choices=["e3c", "deid", "all", "diagnose", "rounds", "plateau", "speed"],
+        choices=[
+            "e3c",
+            "deid",
+            "all",
+            "diagnose",
+            "rounds",
+            "plateau",
+            "speed",
+            "fertility",
+            "meddocan",
+        ],
         default="all",
     )
     parser.add_argument("--sentences", type=int, default=2000, help="diagnose: training sentences")
@@ -889,6 +1177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--save-models", default="", help="save the federated taggers under this directory"
     )
+    parser.add_argument(
+        "--tokenizer-text",
+        choices=TOKENIZER_TEXTS,
+        default="pubmed",
+        help="meddocan: the public text the tokenizer is learnt on",
+    )
+    parser.add_argument(
+        "--alignment", choices=["first", "all"], default="first", help="meddocan: labels"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="meddocan: the seed")
     args = parser.parse_args(argv)
     needed = ["e3c_clinical_entities", "ncbi_disease", "bc5cdr", "meddocan", "grascco_phi"]
     missing = [n for n in needed if not (args.data / n).is_dir()]
@@ -906,6 +1204,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results(
             args.name, "Clinical NER: why the first runs did not learn", text, result, started
         )
+        print(text)
+        return 0
+    if args.experiment == "fertility":
+        result = fertility(args.data)
+        text = fertility_markdown(result)
+        write_results(args.name, "Clinical NER: sub-tokens per word", text, result, started)
+        print(text)
+        return 0
+    if args.experiment == "meddocan":
+        if not args.save_models:
+            parser.error("--experiment meddocan needs --save-models DIR (the tagger's directory)")
+        result = meddocan_epochs(
+            args.data,
+            args.epochs,
+            args.tokenizer_text,
+            Path(args.save_models),
+            alignment=args.alignment,
+            seed=args.seed,
+        )
+        text = meddocan_markdown(result)
+        write_results(args.name, "Clinical NER: one MEDDOCAN tagger", text, result, started)
         print(text)
         return 0
     if args.experiment == "speed":
