@@ -26,6 +26,7 @@ E3C is CC BY-NC: it is read from there, never copied into the package.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -438,7 +439,7 @@ def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str
         decode_tags,
         encode_tagging,
         entity_scores,
-        predict,
+        predict_tags,
         train_adamw,
     )
 
@@ -481,9 +482,7 @@ def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str
                     start_step=epoch * steps,
                 )
             seconds = time.perf_counter() - started
-            scores = entity_scores(
-                [s.tags for s in test], decode_tags(predict(model, te.ids), te, labels)
-            )
+            scores = entity_scores([s.tags for s in test], predict_tags(model, te, labels))
             curve.append({"epoch": epoch + 1, "loss": loss, "seconds": seconds, **scores})
             print(f"diagnose {optimizer} epoch {epoch + 1}: F1 {scores['f1']:.3f}", flush=True)
         curves[optimizer] = curve
@@ -508,10 +507,9 @@ def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
         AdamWSchedule,
         TextModelSpec,
         build_tagger,
-        decode_tags,
         encode_tagging,
         entity_scores,
-        predict,
+        predict_tags,
         train_adamw,
     )
 
@@ -558,9 +556,7 @@ def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
             moments=moments,
         )
         seconds = time.perf_counter() - started
-        f1 = entity_scores([t.tags for t in test], decode_tags(predict(model, te.ids), te, labels))[
-            "f1"
-        ]
+        f1 = entity_scores([t.tags for t in test], predict_tags(model, te, labels))["f1"]
         curve.append(
             {
                 "epoch": epoch + 1,
@@ -1039,11 +1035,11 @@ def meddocan_epochs(
         AdamWSchedule,
         TextModelSpec,
         build_tagger,
-        decode_tags,
+        decode_log_probs,
         encode_tagging,
         entity_scores,
-        predict,
         train_adamw,
+        word_log_probs,
     )
     from medsilo.tasks.tokenizer import train_public_tokenizer
 
@@ -1077,15 +1073,20 @@ def meddocan_epochs(
             moments=moments,
         )
         seconds = time.perf_counter() - started
-        scores = entity_scores(
-            [s.tags for s in test], decode_tags(predict(model, te.ids), te, labels)
-        )
+        log_probs = word_log_probs(model, te)
+        f1 = {
+            decoding: entity_scores(
+                [s.tags for s in test], decode_log_probs(log_probs, labels, decoding)
+            )["f1"]
+            for decoding in ("argmax", "viterbi")
+        }
         curve.append(
             {
                 "epoch": epoch + 1,
                 "loss": loss,
                 "train_seconds": seconds,
-                "f1": scores["f1"],
+                "f1": f1["argmax"],
+                "f1_viterbi": f1["viterbi"],
                 "score_seconds": time.perf_counter() - started - seconds,
             }
         )
@@ -1099,7 +1100,7 @@ def meddocan_epochs(
         Tagger(model, tokenizer, labels, spec).save(save, extra=extra)
         print(
             f"meddocan {which} epoch {epoch + 1}/{epochs}: loss {loss:.4f} F1 "
-            f"{scores['f1']:.4f} ({seconds:.0f} s train)",
+            f"{f1} ({seconds:.0f} s train)",
             flush=True,
         )
     return {
@@ -1121,11 +1122,14 @@ def meddocan_markdown(result: dict[str, Any]) -> str:
             str(p["epoch"]),
             f"{p['loss']:.4f}",
             f"{p['f1']:.3f}",
+            f"{p['f1_viterbi']:.3f}" if "f1_viterbi" in p else "not scored",
             f"{p['train_seconds'] / 60:.1f}",
         ]
         for p in result["curve"]
     ]
-    table = md_table(["epoch", "train loss", "test F1 (argmax)", "train min"], rows)
+    table = md_table(
+        ["epoch", "train loss", "test F1 (argmax)", "test F1 (Viterbi)", "train min"], rows
+    )
     return (
         f"## One local MEDDOCAN tagger, {result['epochs']} epochs\n\nWhole training set "
         f"({result['train_windows']} windows, {result['steps_per_epoch']} steps an epoch), "
@@ -1134,6 +1138,119 @@ def meddocan_markdown(result: dict[str, Any]) -> str:
         f"last epoch), alignment {result['alignment']!r}, seed {result['seed']}; byte-level "
         f"BPE of 8,000 tokens learnt on public text {result['tokenizer_text']!r} "
         f"({result['sources']}). Model saved to {result['saved']}.\n\n{table}"
+    )
+
+
+def _invalid_iob2(tags: Sequence[Sequence[str]]) -> int:
+    """Number of ``I-X`` tags that follow neither ``B-X`` nor ``I-X``."""
+    bad = 0
+    for sentence in tags:
+        previous = "O"
+        for tag in sentence:
+            if tag.startswith("I-") and previous[2:] != tag[2:]:
+                bad += 1
+            previous = tag
+    return bad
+
+
+def rescore(data: Path, directories: Sequence[Path]) -> dict[str, Any]:
+    """Each saved MEDDOCAN tagger (``--experiment meddocan``) scored on the whole test set
+    with per-word argmax and with IOB2-constrained Viterbi decoding (one forward pass,
+    both decodings of the same log-probabilities): micro and per-type P/R/F1 and the
+    number of invalid IOB2 tags argmax emits."""
+    import torch
+
+    from medsilo.tasks.tagger import Tagger
+    from medsilo.tasks.text import decode_log_probs, encode_tagging, entity_scores, word_log_probs
+
+    torch.set_num_threads(1)
+    test = _phi_corpora(data)["meddocan"][1]
+    truth = [s.tags for s in test]
+    models = []
+    for directory in directories:
+        tagger = Tagger.load(directory)
+        manifest = json.loads((directory / "manifest.json").read_text("utf-8"))
+        encoded = encode_tagging(
+            test,
+            tagger.tokenizer,
+            tagger.labels,
+            max_len=tagger.spec.max_len,
+            overlap=tagger.spec.overlap,
+        )
+        started = time.perf_counter()
+        log_probs = word_log_probs(tagger.model, encoded)
+        forward = time.perf_counter() - started
+        row: dict[str, Any] = {
+            "model": str(directory),
+            "tokenizer_text": manifest.get("tokenizer_text"),
+            "alignment": tagger.spec.alignment,
+            "epochs": len(manifest.get("curve", [])),
+            "epochs_planned": manifest.get("epochs_planned"),
+            "forward_seconds": forward,
+        }
+        for decoding in ("argmax", "viterbi"):
+            started = time.perf_counter()
+            predicted = decode_log_probs(log_probs, tagger.labels, decoding)
+            row[decoding] = {
+                **entity_scores(truth, predicted),
+                "invalid_iob2_tags": _invalid_iob2(predicted),
+                "decode_seconds": time.perf_counter() - started,
+            }
+        print(
+            f"rescore {directory}: F1 argmax {row['argmax']['f1']:.4f} "
+            f"viterbi {row['viterbi']['f1']:.4f}",
+            flush=True,
+        )
+        models.append(row)
+    return {"models": models, "test_sentences": len(test)}
+
+
+def rescore_markdown(result: dict[str, Any]) -> str:
+    rows = []
+    for r in result["models"]:
+        a, v = r["argmax"], r["viterbi"]
+        rows.append(
+            [
+                f"{r['tokenizer_text']}, {r['alignment']}, {r['epochs']}/{r['epochs_planned']} ep",
+                f"{a['precision']:.3f} / {a['recall']:.3f} / **{a['f1']:.3f}**",
+                f"{v['precision']:.3f} / {v['recall']:.3f} / **{v['f1']:.3f}**",
+                f"{100 * (v['f1'] - a['f1']):+.2f}",
+                str(a["invalid_iob2_tags"]),
+                "yes" if v["f1"] >= 0.90 else "no",
+            ]
+        )
+    table = md_table(
+        [
+            "model (tokenizer text, alignment, epochs)",
+            "argmax P / R / F1",
+            "Viterbi P / R / F1",
+            "Viterbi gain (F1 points)",
+            "invalid IOB2 tags (argmax)",
+            ">= 0.90",
+        ],
+        rows,
+    )
+    types = sorted({k[3:] for r in result["models"] for k in r["viterbi"] if k.startswith("f1/")})
+    per_type = md_table(
+        ["type", "support", *(f"{r['tokenizer_text']} argmax / Viterbi" for r in result["models"])],
+        [
+            [
+                t,
+                f"{result['models'][0]['viterbi'].get(f'support/{t}', 0):.0f}",
+                *(
+                    f"{r['argmax'].get(f'f1/{t}', 0):.3f} / {r['viterbi'].get(f'f1/{t}', 0):.3f}"
+                    for r in result["models"]
+                ),
+            ]
+            for t in types
+        ],
+    )
+    return (
+        f"## MEDDOCAN PHI F1: argmax vs IOB2-constrained Viterbi decoding\n\nEach saved "
+        f"tagger on the whole MEDDOCAN test set ({result['test_sentences']} sentences, PHI "
+        f"types mapped), entity-level seqeval strict IOB2; both decodings read the same "
+        f"log-probabilities. Goal (issue 8): F1 >= 0.90.\n\n{table}\n\n"
+        f"### F1 per PHI type\n\n{per_type}"
     )
 
 
@@ -1151,6 +1268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "speed",
             "fertility",
             "meddocan",
+            "rescore",
         ],
         default="all",
     )
@@ -1187,6 +1305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--alignment", choices=["first", "all"], default="first", help="meddocan: labels"
     )
     parser.add_argument("--seed", type=int, default=0, help="meddocan: the seed")
+    parser.add_argument(
+        "--models", type=Path, nargs="+", default=[], help="rescore: saved tagger directories"
+    )
     args = parser.parse_args(argv)
     needed = ["e3c_clinical_entities", "ncbi_disease", "bc5cdr", "meddocan", "grascco_phi"]
     missing = [n for n in needed if not (args.data / n).is_dir()]
@@ -1225,6 +1346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         text = meddocan_markdown(result)
         write_results(args.name, "Clinical NER: one MEDDOCAN tagger", text, result, started)
+        print(text)
+        return 0
+    if args.experiment == "rescore":
+        if not args.models:
+            parser.error("--experiment rescore needs --models DIR [DIR ...]")
+        result = rescore(args.data, args.models)
+        text = rescore_markdown(result)
+        write_results(args.name, "Clinical NER: MEDDOCAN decoding", text, result, started)
         print(text)
         return 0
     if args.experiment == "speed":

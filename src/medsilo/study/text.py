@@ -73,17 +73,17 @@ from medsilo.report.rundir import atomic_write_json
 from medsilo.tasks.tagger import Tagger
 from medsilo.tasks.text import (
     AdamWSchedule,
+    Decoding,
     Encoded,
     TextModelSpec,
     build_model,
     build_tagger,
-    decode_tags,
     encode_tagging,
     encode_text,
     entity_scores,
     mask_tokens,
     masked_lm_loss,
-    predict,
+    predict_tags,
     shared_weights,
     train_adamw,
 )
@@ -453,11 +453,12 @@ class TextSite(Site):
 
 
 def tagging_scores(
-    model: torch.nn.Module, corpus: Corpus, labels: Sequence[str]
+    model: torch.nn.Module, corpus: Corpus, labels: Sequence[str], decoding: Decoding = "viterbi"
 ) -> dict[str, float]:
-    """Entity-level scores of ``model`` on ``corpus``'s test split."""
+    """Entity-level scores of ``model`` on ``corpus``'s test split (tags decoded as
+    :func:`~medsilo.tasks.text.predict_tags` does)."""
     assert corpus.test_encoded is not None
-    predicted = decode_tags(predict(model, corpus.test_encoded.ids), corpus.test_encoded, labels)
+    predicted = predict_tags(model, corpus.test_encoded, labels, decoding)
     return entity_scores([s.tags for s in corpus.test], predicted)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from medsilo.data.text import Sentence, text_words
 from medsilo.errors import DataError
-from medsilo.tasks.text import TextModel, TextModelSpec, decode_tags, encode_tagging, predict
+from medsilo.tasks.text import Decoding, TextModel, TextModelSpec, encode_tagging, predict_tags
 from medsilo.tasks.tokenizer import PretrainedTokenizer, PublicTokenizer, WordTokenizer
 
 FORMAT = "medsilo-tagger/1"
@@ -112,8 +112,11 @@ class Tagger:
     labels: tuple[str, ...]
     spec: TextModelSpec
 
-    def tag_sentences(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
-        """Predicted IOB2 tag of each word of each sentence (words already split)."""
+    def tag_sentences(
+        self, sentences: Sequence[Sequence[str]], decoding: Decoding = "viterbi"
+    ) -> list[list[str]]:
+        """Predicted IOB2 tag of each word of each sentence (words already split), valid
+        IOB2 with the default Viterbi decoding (:func:`medsilo.tasks.text.predict_tags`)."""
         if not sentences:
             return []
         rows = [Sentence(tuple(w), ("O",) * len(w)) for w in sentences]
@@ -124,7 +127,7 @@ class Tagger:
             max_len=self.spec.max_len,
             overlap=self.spec.overlap,
         )
-        return decode_tags(predict(self.model, encoded.ids), encoded, self.labels)
+        return predict_tags(self.model, encoded, self.labels, decoding)
 
     def tag_text(self, text: str) -> list[EntitySpan]:
         """Entities found in raw text, in order, as character spans of ``text``."""

@@ -17,6 +17,12 @@ BERT's CoNLL-2003 experiments) or labelled too (``"all"``, continuation sub-toke
 ``B-X`` word get ``I-X``). Predictions are always read from each word's first sub-token,
 so scores are per word, as seqeval expects.
 
+Decoding. :func:`predict_tags` takes the model's log-probabilities at each word's label
+position and finds the most likely tag sequence that is valid IOB2 (:func:`viterbi` with
+the transitions IOB2 forbids at ``-inf``, :func:`iob2_transitions`); a per-word argmax
+(``decoding = "argmax"``) can emit ``I-X`` after ``O`` or after ``B-Y``, which strict
+seqeval counts as a wrong entity.
+
 Long sentences. A sentence longer than ``max_len - 2`` sub-tokens is cut into overlapping
 windows (:func:`medsilo.data.text.windows`), each ``[CLS] ... [SEP]``; each word's
 prediction comes from the window where it has most context (:func:`best_window`). Nothing
@@ -417,6 +423,109 @@ def predict(model: nn.Module, ids: np.ndarray, batch_size: int = 64) -> np.ndarr
     if not out:
         return np.zeros(ids.shape, dtype=np.int64)
     return torch.cat(out).numpy()
+
+
+Decoding = Literal["viterbi", "argmax"]
+"""How word tags are read from the model: :func:`viterbi` under the IOB2 constraints
+(the default everywhere) or each word's own most likely label (``argmax``, which can
+emit an ``I-X`` that continues nothing)."""
+
+
+@torch.no_grad()
+def word_log_probs(model: nn.Module, encoded: Encoded, batch_size: int = 64) -> list[np.ndarray]:
+    """For each sentence, the ``(words, classes)`` log-probabilities (log-softmax of the
+    logits) at each word's label position, read in its best window
+    (:attr:`Encoded.words`). Only those positions are kept, batch by batch."""
+    model.eval()
+    lengths = [len(s) for s in encoded.words]
+    where = np.asarray([rc for s in encoded.words for rc in s], dtype=np.int64).reshape(-1, 2)
+    rows, cols = where[:, 0], where[:, 1]
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out: np.ndarray | None = None
+    x = torch.from_numpy(encoded.ids)
+    for i in range(0, len(x), batch_size):
+        lo, hi = np.searchsorted(ordered, [i, i + batch_size])
+        if lo == hi:
+            continue
+        log_p = torch.log_softmax(model(x[i : i + batch_size]).double(), dim=1).numpy()
+        if out is None:
+            out = np.empty((len(rows), log_p.shape[1]), dtype=np.float64)
+        picked = order[lo:hi]
+        out[picked] = log_p[rows[picked] - i, :, cols[picked]]
+    if out is None:
+        out = np.zeros((0, 0), dtype=np.float64)
+    return np.split(out, np.cumsum(lengths)[:-1]) if lengths else []
+
+
+def iob2_transitions(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, transitions)``: 0 where IOB2 allows the label first in a sentence / label
+    ``j`` after label ``i``, ``-inf`` where it forbids it: ``I-X`` may only follow ``B-X``
+    or ``I-X``, so it never starts a sentence and never follows ``O``, ``B-Y`` or ``I-Y``
+    (Y != X); everything else is allowed. These are the BIO constraints of Lample et al.,
+    "Neural architectures for named entity recognition", NAACL 2016 (section 2.2, the
+    CRF's forbidden transitions) and AllenNLP's ``allowed_transitions("BIO", ...)``, here
+    as fixed masks: nothing learnt, nothing read from data.
+
+    >>> start, trans = iob2_transitions(["O", "B-A", "I-A"])
+    >>> start.tolist(), trans[:, 2].tolist()
+    ([0.0, 0.0, -inf], [-inf, 0.0, 0.0])
+    """
+    inside = [label[2:] if label.startswith("I-") else None for label in labels]
+    kind = [label[2:] if label[:2] in ("B-", "I-") else None for label in labels]
+    start = np.where([t is None for t in inside], 0.0, -np.inf)
+    transitions = np.zeros((len(labels), len(labels)))
+    for j, entity in enumerate(inside):
+        if entity is not None:
+            transitions[:, j] = [0.0 if k == entity else -np.inf for k in kind]
+    return start, transitions
+
+
+def viterbi(log_probs: np.ndarray, start: np.ndarray, transitions: np.ndarray) -> list[int]:
+    """The label sequence maximizing ``sum_t log_probs[t, y_t] + start[y_0] +
+    sum_t transitions[y_{t-1}, y_t]`` (Viterbi, IEEE Trans. Inf. Theory 1967; with
+    :func:`iob2_transitions`: the most likely valid IOB2 sequence under the model's
+    per-word distributions). Ties go to the lower label id.
+
+    >>> lp = np.log([[0.1, 0.3, 0.6], [0.2, 0.1, 0.7]])  # argmax: I-A, I-A (invalid)
+    >>> viterbi(lp, *iob2_transitions(["O", "B-A", "I-A"]))  # B-A, I-A
+    [1, 2]
+    """
+    if len(log_probs) == 0:
+        return []
+    score = start + log_probs[0]
+    back = np.zeros(log_probs.shape, dtype=np.int64)
+    for t in range(1, len(log_probs)):
+        candidates = score[:, None] + transitions
+        back[t] = candidates.argmax(axis=0)
+        score = candidates[back[t], np.arange(len(score))] + log_probs[t]
+    path = [int(score.argmax())]
+    for t in range(len(log_probs) - 1, 0, -1):
+        path.append(int(back[t, path[-1]]))
+    return path[::-1]
+
+
+def decode_log_probs(
+    log_probs: Sequence[np.ndarray], labels: Sequence[str], decoding: Decoding = "viterbi"
+) -> list[list[str]]:
+    """Tags of each sentence from its ``(words, classes)`` log-probabilities
+    (:func:`word_log_probs`), by :data:`Decoding` ``decoding``."""
+    if decoding == "argmax":
+        return [[labels[int(k)] for k in lp.argmax(axis=1)] if len(lp) else [] for lp in log_probs]
+    start, transitions = iob2_transitions(labels)
+    return [[labels[k] for k in viterbi(lp, start, transitions)] for lp in log_probs]
+
+
+def predict_tags(
+    model: nn.Module,
+    encoded: Encoded,
+    labels: Sequence[str],
+    decoding: Decoding = "viterbi",
+    batch_size: int = 64,
+) -> list[list[str]]:
+    """Each word's predicted tag, :data:`Decoding` ``decoding`` of the model's
+    log-probabilities: the one helper every tagger of the package predicts with."""
+    return decode_log_probs(word_log_probs(model, encoded, batch_size), labels, decoding)
 
 
 @torch.no_grad()

@@ -33,10 +33,9 @@ from medsilo.tasks.text import (
     IGNORE,
     TextModelSpec,
     build_tagger,
-    decode_tags,
     encode_tagging,
     entity_scores,
-    predict,
+    predict_tags,
 )
 from medsilo.tasks.tokenizer import WordTokenizer
 
@@ -97,7 +96,7 @@ def score_tagger(
     encoded = encode_tagging(
         sentences, tokenizer, labels, max_len=spec.max_len, overlap=spec.overlap
     )
-    predicted = decode_tags(predict(model, encoded.ids), encoded, labels)
+    predicted = predict_tags(model, encoded, labels)
     return entity_scores([s.tags for s in sentences], predicted)
 
 
@@ -129,7 +128,7 @@ def fit_tagger(
         encoded = encode_tagging(
             batch, tokenizer, labels, max_len=spec.max_len, overlap=spec.overlap
         )
-        return decode_tags(predict(model, encoded.ids), encoded, labels)
+        return predict_tags(model, encoded, labels)
 
     return run
 
