@@ -211,3 +211,40 @@ def test_linear_tagger_learns_templated_phi_and_reads_tags_as_conlleval() -> Non
     assert scores["real"]["f1"] > 0.9 and scores["clone"]["f1"] == scores["real"]["f1"]
     assert scores["deidentified"]["f1"] < 0.5  # [NAME] teaches nothing about real names
     assert scores["scan"]["found_outside_labels"] == 0
+
+
+def test_bert_tagger_trains_with_the_shared_adamw_loop() -> None:
+    """fit_tagger("bert") trains through tasks.text.train_adamw (warmup + decay over
+    ``steps``): it learns templated PHI, reports progress up to 1, and is deterministic."""
+    from medsilo.clone.text.evaluate import fit_tagger, sentences_of
+    from medsilo.data.text import bio_labels
+    from medsilo.tasks.text import TextModelSpec, entity_scores
+    from medsilo.tasks.tokenizer import train_public_tokenizer
+
+    names = ["Ana Ruiz", "Luis Gil", "Eva Sanz", "Juan Mora", "Rosa Vidal", "Pedro Sol"]
+    notes = [
+        doc([("Paciente ", None), (names[i % 6], "NAME"), (" visto hoy.", None)], name=f"n{i}")
+        for i in range(60)
+    ]
+    truth = sentences_of(notes[:12])
+    labels = bio_labels(["NAME"])
+    words = train_public_tokenizer(["Paciente visto hoy"], vocab_size=300)
+    spec = TextModelSpec(layers=1, hidden=32, heads=2, intermediate=64, max_len=24, overlap=4)
+    seen: list[float] = []
+
+    def fit() -> list[list[str]]:
+        predictor = fit_tagger(
+            "bert",
+            sentences_of(notes),
+            labels,
+            words,
+            spec,
+            steps=60,
+            progress=lambda _, f: seen.append(f),
+        )
+        return predictor(truth)
+
+    first = fit()
+    assert entity_scores([s.tags for s in truth], first)["f1"] > 0.9
+    assert seen[-1] == 1.0 and seen == sorted(seen) and len(seen) == 20
+    assert fit() == first

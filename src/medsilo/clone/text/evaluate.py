@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from medsilo.clone.text.generator import CausalLM, NoteTokenizer
 from medsilo.clone.text.leaks import chance_exposure, exposure, membership_auc
@@ -30,12 +29,13 @@ from medsilo.clone.text.linear_tagger import LinearTagger
 from medsilo.clone.text.linearize import mask
 from medsilo.data.text import WORD, Document, Sentence, bio_labels, document_sentences
 from medsilo.tasks.text import (
-    IGNORE,
+    AdamWSchedule,
     TextModelSpec,
     build_tagger,
     encode_tagging,
     entity_scores,
     predict_tags,
+    train_adamw,
 )
 from medsilo.tasks.tokenizer import WordTokenizer
 
@@ -64,25 +64,32 @@ def train_tagger(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> torch.nn.Module:
-    """A tagger trained non-privately with AdamW for ``steps`` minibatches."""
+    """A tagger trained non-privately for ``steps`` minibatches with
+    :func:`~medsilo.tasks.text.train_adamw`: AdamW with BERT's schedule (6% warmup, linear
+    decay to 0 at ``steps``, gradient norm clipped at 1), one uninterrupted run whose data
+    order is a fresh permutation every epoch; ``progress`` is told after each twentieth."""
     model = build_tagger(spec, tokenizer, labels, seed=seed)
     encoded = encode_tagging(
         sentences, tokenizer, labels, max_len=spec.max_len, overlap=spec.overlap
     )
     x, y = torch.from_numpy(encoded.ids), torch.from_numpy(encoded.labels)
-    rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for step in range(steps):
-        idx = torch.from_numpy(rng.integers(0, len(x), size=min(batch_size, len(x))))
-        xb, yb = x[idx], y[idx]
-        used = int((xb != tokenizer.pad_id).any(dim=0).nonzero().max()) + 1
-        loss = F.cross_entropy(model(xb[:, :used]), yb[:, :used], ignore_index=IGNORE)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+    schedule = AdamWSchedule(lr=lr, total_steps=steps, warmup_steps=max(1, round(0.06 * steps)))
+    moments: dict[str, Any] = {}
+    piece = max(1, -(-steps // 20))
+    for start in range(0, steps, piece):
+        train_adamw(
+            model,
+            x,
+            y,
+            schedule,
+            batch_size=batch_size,
+            seed=seed,
+            start_step=start,
+            steps=min(piece, steps - start),
+            moments=moments,
+        )
         if progress is not None:
-            progress("tagger", (step + 1) / steps)
+            progress("tagger", min(start + piece, steps) / steps)
     return model
 
 
