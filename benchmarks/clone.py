@@ -179,11 +179,13 @@ def null_auroc_se(members: float, non_members: float) -> float:
 def t_interval(values: list[float]) -> tuple[float, float]:
     """95 % two-sided t-interval of the mean; one value bounds nothing (no degrees of
     freedom): the whole line, so that one seed's verdict is "undecided"."""
+    from scipy import stats
+
     m = statistics.fmean(values)
     if len(values) < 2:
         return -math.inf, math.inf
-    t975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365}
-    half = t975.get(len(values), 2.0) * statistics.stdev(values) / math.sqrt(len(values))
+    t975 = float(stats.t.ppf(0.975, len(values) - 1))
+    half = t975 * statistics.stdev(values) / math.sqrt(len(values))
     return m - half, m + half
 
 

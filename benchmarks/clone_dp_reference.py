@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from _common import RESULTS, fmt_mean_sd, md_table, mean_sd, write_results
-from clone import split
+from _common import RESULTS, fmt_mean_sd, md_table, write_results
+from clone import split, t_interval
 
 from medsilo.clone import builtin
 from medsilo.clone.domain import TableDomain
@@ -153,15 +152,11 @@ def clone_tstr(names: list[str]) -> dict[tuple[str, float, int], float]:
     return out
 
 
-def t_interval(values: list[float]) -> str:
-    """Mean and 95 % t-interval (two-sided) over seeds."""
-    from scipy import stats
-
-    m, sd = mean_sd(values)
-    if len(values) < 2:
-        return f"{m:+.3f}"
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
-    return f"{m:+.3f} [{m - half:+.3f}, {m + half:+.3f}]"
+def paired(values: list[float]) -> str:
+    """Mean and 95 % t-interval over seeds (``clone.t_interval``)."""
+    low, high = t_interval(values)
+    m = sum(values) / len(values)
+    return f"{m:+.3f}" if len(values) < 2 else f"{m:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def summary(runs: list[dict[str, Any]], tstr: dict[tuple[str, float, int], float]) -> str:
@@ -185,7 +180,7 @@ def summary(runs: list[dict[str, Any]], tstr: dict[tuple[str, float, int], float
                     fmt_mean_sd([c / r["trtr_auroc"] for c, r in zip(clone, paired, strict=True)])
                     if clone
                     else "-",
-                    t_interval([c - r["dpsgd_auroc"] for c, r in zip(clone, paired, strict=True)])
+                    paired([c - r["dpsgd_auroc"] for c, r in zip(clone, paired, strict=True)])
                     if clone
                     else "-",
                 ]
