@@ -225,7 +225,10 @@ def _study(
         {
             "study": {"name": experiment, "seed": seed, "threads": 1, "device": device},
             "model": preset["model"],
-            "tokenizer": {"public": public_files, "vocab_size": preset.get("vocab_size", 8000)},
+            "tokenizer": {
+                "public": preset.get("tokenizer_public", public_files),
+                "vocab_size": preset.get("vocab_size", 8000),
+            },
             "providers": providers,
             "public": public,
             "pretrain": preset["pretrain"],
@@ -1254,6 +1257,18 @@ def rescore_markdown(result: dict[str, Any]) -> str:
     )
 
 
+def _write_public(args: argparse.Namespace, directory: Path) -> Path:
+    """:func:`public_texts` ``--tokenizer-text`` as a CoNLL file (every tag O), the form
+    a study's ``[tokenizer] public`` reads."""
+    from medsilo.data.text import Sentence, write_conll
+
+    lines, _ = public_texts(args.data, args.tokenizer_text)
+    path = directory / f"public_{args.tokenizer_text}.tsv"
+    words = [line.split() for line in lines]
+    write_conll(path, [Sentence(tuple(w), ("O",) * len(w)) for w in words if w])
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1299,7 +1314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tokenizer-text",
         choices=TOKENIZER_TEXTS,
         default="pubmed",
-        help="meddocan: the public text the tokenizer is learnt on",
+        help="meddocan, deid: the public text the tokenizer is learnt on",
     )
     parser.add_argument(
         "--alignment", choices=["first", "all"], default="first", help="meddocan: labels"
@@ -1392,8 +1407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     preset = PRESETS[args.preset or ("quick" if args.quick else "full")]
     experiments = ["e3c", "deid"] if args.experiment == "all" else [args.experiment]
+    if args.tokenizer_text != "pubmed" and "e3c" in experiments:
+        parser.error("--tokenizer-text multilingual holds E3C's test text: deid only")
     with tempfile.TemporaryDirectory() as split_dir:
         _split_grascco(args.data, Path(split_dir))
+        if args.tokenizer_text != "pubmed":
+            preset = {**preset, "tokenizer_public": [_write_public(args, Path(split_dir))]}
         jobs = [
             (e, seed, s, preset, str(args.data), split_dir, args.device, args.save_models)
             for seed in range(args.seeds)
