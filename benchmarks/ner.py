@@ -1012,6 +1012,18 @@ def fertility_markdown(result: dict[str, Any]) -> str:
     )
 
 
+MODEL_SIZES = {
+    f"{layers}x{hidden}": {
+        "layers": layers,
+        "hidden": hidden,
+        "heads": heads,
+        "intermediate": intermediate,
+    }
+    for layers, hidden, heads, intermediate in SPEED_MODELS
+}
+"""``--size`` of the meddocan experiment: the :data:`SPEED_MODELS` by name."""
+
+
 def meddocan_epochs(
     data: Path,
     epochs: int,
@@ -1019,12 +1031,14 @@ def meddocan_epochs(
     save: Path,
     *,
     alignment: str = "first",
+    size: str = "2x128",
     seed: int = 0,
 ) -> dict[str, Any]:
     """One local MEDDOCAN tagger on the whole training set (PHI types mapped): the
-    ``full_data`` preset's model (2 x 128 BERT from scratch, classifier at the O prior)
-    and AdamW (lr 2e-3, batch 32, 6% warmup then linear decay to 0 over ``epochs``
-    epochs, Adam's moments kept throughout: one continuous run), the tokenizer learnt on
+    ``full_data`` preset's model (BERT from scratch, classifier at the O prior; ``size``
+    one of :data:`MODEL_SIZES`, 2 x 128 by default) and AdamW (lr 2e-3, batch 32, 6%
+    warmup then linear decay to 0 over ``epochs`` epochs, Adam's moments kept
+    throughout: one continuous run), the tokenizer learnt on
     :func:`public_texts` ``which``. After every epoch: mean training loss, entity F1 on
     the whole test set, and the model saved to ``save`` (a tagger directory,
     :class:`~medsilo.tasks.tagger.Tagger`) with the curve so far in its manifest, so an
@@ -1051,7 +1065,9 @@ def meddocan_epochs(
     labels = bio_labels(entity_types([*train, *test]))
     texts, counts = public_texts(data, which)
     tokenizer = train_public_tokenizer(texts, 8000)
-    spec = TextModelSpec(**PRESETS["full_data"]["model"], alignment=alignment)
+    spec = TextModelSpec(
+        **{**PRESETS["full_data"]["model"], **MODEL_SIZES[size]}, alignment=alignment
+    )
     kw = {"max_len": spec.max_len, "overlap": spec.overlap}
     tr = encode_tagging(train, tokenizer, labels, alignment=spec.alignment, **kw)
     te = encode_tagging(test, tokenizer, labels, **kw)
@@ -1110,6 +1126,7 @@ def meddocan_epochs(
         "tokenizer_text": which,
         "sources": counts,
         "alignment": alignment,
+        "size": size,
         "epochs": epochs,
         "steps_per_epoch": per,
         "train_windows": len(y),
@@ -1136,7 +1153,8 @@ def meddocan_markdown(result: dict[str, Any]) -> str:
     return (
         f"## One local MEDDOCAN tagger, {result['epochs']} epochs\n\nWhole training set "
         f"({result['train_windows']} windows, {result['steps_per_epoch']} steps an epoch), "
-        f"whole test set, PHI types mapped; 2 x 128 BERT from scratch, classifier at the O "
+        f"whole test set, PHI types mapped; {result.get('size', '2x128')} BERT from scratch, "
+        f"classifier at the O "
         f"prior, continuous AdamW (lr 2e-3, batch 32, 6% warmup, linear decay to 0 at the "
         f"last epoch), alignment {result['alignment']!r}, seed {result['seed']}; byte-level "
         f"BPE of 8,000 tokens learnt on public text {result['tokenizer_text']!r} "
@@ -1187,6 +1205,7 @@ def rescore(data: Path, directories: Sequence[Path]) -> dict[str, Any]:
             "model": str(directory),
             "tokenizer_text": manifest.get("tokenizer_text"),
             "alignment": tagger.spec.alignment,
+            "size": f"{tagger.spec.layers}x{tagger.spec.hidden}",
             "epochs": len(manifest.get("curve", [])),
             "epochs_planned": manifest.get("epochs_planned"),
             "forward_seconds": forward,
@@ -1208,13 +1227,20 @@ def rescore(data: Path, directories: Sequence[Path]) -> dict[str, Any]:
     return {"models": models, "test_sentences": len(test)}
 
 
+def _model_name(r: dict[str, Any]) -> str:
+    return (
+        f"{r['tokenizer_text']}, {r['size']}, {r['alignment']}, "
+        f"{r['epochs']}/{r['epochs_planned']} ep"
+    )
+
+
 def rescore_markdown(result: dict[str, Any]) -> str:
     rows = []
     for r in result["models"]:
         a, v = r["argmax"], r["viterbi"]
         rows.append(
             [
-                f"{r['tokenizer_text']}, {r['alignment']}, {r['epochs']}/{r['epochs_planned']} ep",
+                _model_name(r),
                 f"{a['precision']:.3f} / {a['recall']:.3f} / **{a['f1']:.3f}**",
                 f"{v['precision']:.3f} / {v['recall']:.3f} / **{v['f1']:.3f}**",
                 f"{100 * (v['f1'] - a['f1']):+.2f}",
@@ -1224,7 +1250,7 @@ def rescore_markdown(result: dict[str, Any]) -> str:
         )
     table = md_table(
         [
-            "model (tokenizer text, alignment, epochs)",
+            "model (tokenizer text, size, alignment, epochs done / planned)",
             "argmax P / R / F1",
             "Viterbi P / R / F1",
             "Viterbi gain (F1 points)",
@@ -1235,7 +1261,7 @@ def rescore_markdown(result: dict[str, Any]) -> str:
     )
     types = sorted({k[3:] for r in result["models"] for k in r["viterbi"] if k.startswith("f1/")})
     per_type = md_table(
-        ["type", "support", *(f"{r['tokenizer_text']} argmax / Viterbi" for r in result["models"])],
+        ["type", "support", *(f"{_model_name(r)}: argmax / Viterbi" for r in result["models"])],
         [
             [
                 t,
@@ -1321,6 +1347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="meddocan: the seed")
     parser.add_argument(
+        "--size", choices=sorted(MODEL_SIZES), default="2x128", help="meddocan: model size"
+    )
+    parser.add_argument(
         "--models", type=Path, nargs="+", default=[], help="rescore: saved tagger directories"
     )
     args = parser.parse_args(argv)
@@ -1357,6 +1386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.tokenizer_text,
             Path(args.save_models),
             alignment=args.alignment,
+            size=args.size,
             seed=args.seed,
         )
         text = meddocan_markdown(result)
