@@ -178,6 +178,19 @@ PRESETS["full_data"] = {
         "score_every": 10,
     },
 }
+# "full_data" at what reached F1 >= 0.90 for one local MEDDOCAN tagger
+# (ner_meddocan_decoding.md): alignment "all" and 8 MEDDOCAN epochs (71 rounds of 66 steps
+# = 4,686 steps per site, 581 steps an epoch with the multilingual tokenizer); run it with
+# --tokenizer-text multilingual (scores use Viterbi decoding, the default).
+PRESETS["full_data_8ep_all"] = {
+    **PRESETS["full_data"],
+    "model": {**_BASE_MODEL, "alignment": "all"},
+    "deid": {
+        **PRESETS["full_data"]["deid"],
+        "finetune": {**PRESETS["full_data"]["deid"]["finetune"], "rounds": 71},
+        "score_every": 9,
+    },
+}
 
 
 def _study(
