@@ -1221,6 +1221,7 @@ def rescore(data: Path, directories: Sequence[Path]) -> dict[str, Any]:
             "size": f"{tagger.spec.layers}x{tagger.spec.hidden}",
             "epochs": len(manifest.get("curve", [])),
             "epochs_planned": manifest.get("epochs_planned"),
+            "seed": manifest.get("seed"),
             "forward_seconds": forward,
         }
         for decoding in ("argmax", "viterbi"):
@@ -1243,7 +1244,7 @@ def rescore(data: Path, directories: Sequence[Path]) -> dict[str, Any]:
 def _model_name(r: dict[str, Any]) -> str:
     return (
         f"{r['tokenizer_text']}, {r['size']}, {r['alignment']}, "
-        f"{r['epochs']}/{r['epochs_planned']} ep"
+        f"{r['epochs']}/{r['epochs_planned']} ep, seed {r['seed']}"
     )
 
 
@@ -1263,7 +1264,7 @@ def rescore_markdown(result: dict[str, Any]) -> str:
         )
     table = md_table(
         [
-            "model (tokenizer text, size, alignment, epochs done / planned)",
+            "model (tokenizer text, size, alignment, epochs done / planned, seed)",
             "argmax P / R / F1",
             "Viterbi P / R / F1",
             "Viterbi gain (F1 points)",
