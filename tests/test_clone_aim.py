@@ -109,6 +109,15 @@ def test_target_workload_adds_the_targets_triples() -> None:
     assert all(len(r) < 3 or np.prod([sizes[c] for c in r]) <= 12 for r in small)
 
 
+def test_release_compiled_drops_jaxs_compiled_programs() -> None:
+    jax = pytest.importorskip("jax")
+    double = jax.jit(lambda x: x * 2)
+    double(jax.numpy.ones(3))
+    assert double._cache_size() == 1
+    _mbi.release_compiled()
+    assert double._cache_size() == 0
+
+
 def _table(n: int = 800) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     x = rng.choice(["a", "b"], n)
@@ -118,7 +127,11 @@ def _table(n: int = 800) -> pd.DataFrame:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", [None, "y"])
-def test_aim_spends_exactly_its_budget_and_keeps_the_schema(target: str | None) -> None:
+def test_aim_spends_exactly_its_budget_and_keeps_the_schema(
+    target: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released = []
+    monkeypatch.setattr(_mbi, "release_compiled", lambda: released.append(1))
     result = make_clone(
         _table(),
         SCHEMA,
@@ -136,3 +149,4 @@ def test_aim_spends_exactly_its_budget_and_keeps_the_schema(target: str | None) 
     clone = result.frame
     share = [(clone["y"][clone["x"] == v] == "1").mean() for v in ("a", "b")]
     assert share[0] < 0.4 < 0.6 < share[1]  # the x-y dependence was measured
+    assert released  # every round drops its compiled programs (vm.max_map_count)

@@ -43,5 +43,17 @@ def load() -> ModuleType:
     return module
 
 
+def release_compiled() -> None:
+    """Drop every program JAX has compiled (``jax.clear_caches``). XLA's CPU backend maps
+    each compiled program's code and data into its own memory regions (about 3 per
+    program), and AIM compiles thousands of them: an eICU clone at epsilon 4 reached
+    Linux's default limit of 65,530 mappings per process (``vm.max_map_count``) and died
+    with "LLVM compilation error: Cannot allocate memory" with 19 GiB free. AIM calls this
+    after every round, whose clique set the next round's programs no longer match."""
+    import jax
+
+    jax.clear_caches()  # type: ignore[no-untyped-call]
+
+
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 _MISSING = "cloning needs the optional 'clone' extra (mbi, JAX): pip install 'medsilo[clone]'"

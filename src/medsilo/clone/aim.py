@@ -125,6 +125,7 @@ def aim(
         before = estimates[chosen]
         fitted = pgm.estimate(curator.sizes, measurements, iters=iters, warm_start=fitted)
         after = pgm.marginal(fitted, chosen)
+        _mbi.release_compiled()
         round_ += 1
         progress(
             f"round {round_}: measured {' x '.join(chosen)}",
