@@ -165,8 +165,8 @@ def summary(runs: list[dict[str, Any]], tstr: dict[tuple[str, float, int], float
         for eps in dict.fromkeys(r["epsilon"] for r in runs if r["dataset"] == dataset):
             group = [r for r in runs if r["dataset"] == dataset and r["epsilon"] == eps]
             ratio = [r["dpsgd_auroc"] / r["trtr_auroc"] for r in group]
-            paired = [r for r in group if (dataset, eps, r["seed"]) in tstr]
-            clone = [tstr[(dataset, eps, r["seed"])] for r in paired]
+            matched = [r for r in group if (dataset, eps, r["seed"]) in tstr]
+            clone = [tstr[(dataset, eps, r["seed"])] for r in matched]
             rows.append(
                 [
                     dataset,
@@ -175,12 +175,12 @@ def summary(runs: list[dict[str, Any]], tstr: dict[tuple[str, float, int], float
                     fmt_mean_sd([r["trtr_auroc"] for r in group]),
                     fmt_mean_sd([r["dpsgd_auroc"] for r in group]),
                     fmt_mean_sd(ratio),
-                    len(paired),
+                    len(matched),
                     fmt_mean_sd(clone) if clone else "-",
-                    fmt_mean_sd([c / r["trtr_auroc"] for c, r in zip(clone, paired, strict=True)])
+                    fmt_mean_sd([c / r["trtr_auroc"] for c, r in zip(clone, matched, strict=True)])
                     if clone
                     else "-",
-                    paired([c - r["dpsgd_auroc"] for c, r in zip(clone, paired, strict=True)])
+                    paired([c - r["dpsgd_auroc"] for c, r in zip(clone, matched, strict=True)])
                     if clone
                     else "-",
                 ]
