@@ -21,7 +21,7 @@ from medsilo.tasks.text import (
     encode_text,
     entity_scores,
     mask_tokens,
-    predict,
+    predict_tags,
     shared_weights,
 )
 from medsilo.tasks.tokenizer import PretrainedTokenizer, PublicTokenizer, train_public_tokenizer
@@ -133,7 +133,7 @@ def test_model_logits_layout_and_encoder_transfer() -> None:
     moved = shared_weights({k: v.numpy() for k, v in mlm.state_dict().items()}, tagger)
     assert any("embeddings.word_embeddings" in k for k in moved)
     assert not any("classifier" in k or "cls." in k for k in moved)
-    assert predict(tagger, enc.ids).shape == (1, 16)
+    assert [len(t) for t in predict_tags(tagger, enc, LABELS)] == [len(SENT.tags)]
 
 
 @pytest.mark.parametrize("order", [LABELS, [*LABELS[1:], "O"]])

@@ -414,17 +414,6 @@ def shared_weights(source: Mapping[str, np.ndarray], target: nn.Module) -> dict[
     return out
 
 
-@torch.no_grad()
-def predict(model: nn.Module, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Argmax class of every position, ``(rows, tokens)``."""
-    model.eval()
-    x = torch.from_numpy(ids)
-    out = [model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)]
-    if not out:
-        return np.zeros(ids.shape, dtype=np.int64)
-    return torch.cat(out).numpy()
-
-
 Decoding = Literal["viterbi", "argmax"]
 """How word tags are read from the model: :func:`viterbi` under the IOB2 constraints
 (the default everywhere) or each word's own most likely label (``argmax``, which can
