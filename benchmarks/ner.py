@@ -32,7 +32,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -509,6 +509,33 @@ PLATEAU_CONFIGS: list[tuple[float, bool]] = [(0.0, False), (0.0, True), (0.9, Fa
 """(outside_prior, Adam's moments restarted every epoch) of the plateau experiment."""
 
 
+def _adamw_epochs(
+    model: Any, x: Any, y: Any, epochs: int, seed: int, moments: dict[str, Any] | None
+) -> Iterator[tuple[int, float, float]]:
+    """Continuous AdamW (lr 2e-3, batch 32, 6 % warmup, linear decay to 0 at the last
+    epoch), one epoch at a time: yields (0-based epoch, mean loss, training seconds).
+    ``moments``: Adam's state carried across epochs (None restarts it every epoch)."""
+    from medsilo.tasks.text import AdamWSchedule, train_adamw
+
+    per = -(-len(y) // 32)
+    total = per * epochs
+    schedule = AdamWSchedule(lr=2e-3, total_steps=total, warmup_steps=round(0.06 * total))
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        loss = train_adamw(
+            model,
+            x,
+            y,
+            schedule,
+            batch_size=32,
+            seed=seed,
+            start_step=epoch * per,
+            steps=per,
+            moments=moments,
+        )
+        yield epoch, loss, time.perf_counter() - started
+
+
 def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
     """One local MEDDOCAN tagger (first ``sentences`` training sentences, first 1000 test
     sentences), AdamW lr 2e-3 with 6% warmup and linear decay over ``epochs`` epochs,
@@ -520,13 +547,11 @@ def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
     import torch
 
     from medsilo.tasks.text import (
-        AdamWSchedule,
         TextModelSpec,
         build_tagger,
         encode_tagging,
         entity_scores,
         predict_tags,
-        train_adamw,
     )
 
     index, data_dir, sentences, epochs, seed = args
@@ -552,26 +577,9 @@ def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
         model.zero_grad()
         return sq**0.5
 
-    per = -(-len(y) // 32)
-    schedule = AdamWSchedule(
-        lr=2e-3, total_steps=per * epochs, warmup_steps=round(0.06 * per * epochs)
-    )
     moments: dict[str, Any] | None = None if restart else {}
     curve = [{"epoch": 0, "encoder_grad": encoder_grad()}]
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        loss = train_adamw(
-            model,
-            x,
-            y,
-            schedule,
-            batch_size=32,
-            seed=seed,
-            start_step=epoch * per,
-            steps=per,
-            moments=moments,
-        )
-        seconds = time.perf_counter() - started
+    for epoch, loss, seconds in _adamw_epochs(model, x, y, epochs, seed, moments):
         f1 = entity_scores([t.tags for t in test], predict_tags(model, te, labels))["f1"]
         curve.append(
             {
@@ -1062,13 +1070,11 @@ def meddocan_epochs(
     from medsilo.data.text import bio_labels, entity_types
     from medsilo.tasks.tagger import Tagger
     from medsilo.tasks.text import (
-        AdamWSchedule,
         TextModelSpec,
         build_tagger,
         decode_log_probs,
         encode_tagging,
         entity_scores,
-        train_adamw,
         word_log_probs,
     )
     from medsilo.tasks.tokenizer import train_public_tokenizer
@@ -1086,25 +1092,9 @@ def meddocan_epochs(
     te = encode_tagging(test, tokenizer, labels, **kw)
     x, y = torch.from_numpy(tr.ids), torch.from_numpy(tr.labels)
     model = build_tagger(spec, tokenizer, labels, seed=seed)
-    per = -(-len(y) // 32)
-    total = per * epochs
-    schedule = AdamWSchedule(lr=2e-3, total_steps=total, warmup_steps=round(0.06 * total))
-    moments: dict[str, Any] = {}
     curve: list[dict[str, Any]] = []
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        loss = train_adamw(
-            model,
-            x,
-            y,
-            schedule,
-            batch_size=32,
-            seed=seed,
-            start_step=epoch * per,
-            steps=per,
-            moments=moments,
-        )
-        seconds = time.perf_counter() - started
+    for epoch, loss, seconds in _adamw_epochs(model, x, y, epochs, seed, {}):
+        scored = time.perf_counter()
         log_probs = word_log_probs(model, te)
         f1 = {
             decoding: entity_scores(
@@ -1119,7 +1109,7 @@ def meddocan_epochs(
                 "train_seconds": seconds,
                 "f1": f1["argmax"],
                 "f1_viterbi": f1["viterbi"],
-                "score_seconds": time.perf_counter() - started - seconds,
+                "score_seconds": time.perf_counter() - scored,
             }
         )
         extra = {
@@ -1141,7 +1131,7 @@ def meddocan_epochs(
         "alignment": alignment,
         "size": size,
         "epochs": epochs,
-        "steps_per_epoch": per,
+        "steps_per_epoch": -(-len(y) // 32),
         "train_windows": len(y),
         "curve": curve,
         "saved": str(save),
@@ -1195,7 +1185,7 @@ def rescore(data: Path, directories: Sequence[Path]) -> dict[str, Any]:
     import torch
 
     from medsilo.tasks.tagger import Tagger
-    from medsilo.tasks.text import decode_log_probs, encode_tagging, entity_scores, word_log_probs
+    from medsilo.tasks.text import decode_log_probs, entity_scores, word_log_probs
 
     torch.set_num_threads(1)
     test = _phi_corpora(data)["meddocan"][1]
@@ -1204,13 +1194,7 @@ def rescore(data: Path, directories: Sequence[Path]) -> dict[str, Any]:
     for directory in directories:
         tagger = Tagger.load(directory)
         manifest = json.loads((directory / "manifest.json").read_text("utf-8"))
-        encoded = encode_tagging(
-            test,
-            tagger.tokenizer,
-            tagger.labels,
-            max_len=tagger.spec.max_len,
-            overlap=tagger.spec.overlap,
-        )
+        encoded = tagger.encode(test)
         started = time.perf_counter()
         log_probs = word_log_probs(tagger.model, encoded)
         forward = time.perf_counter() - started

@@ -23,6 +23,7 @@ from medsilo.tasks.text import (
     viterbi,
     word_log_probs,
 )
+from test_text_tasks import FakeTokenizer
 
 LABELS = bio_labels(["A", "B"])  # O B-A I-A B-B I-B
 
@@ -130,18 +131,6 @@ def test_viterbi_output_always_valid_iob2(types: int, n: int, seed: int) -> None
     tags = decode_log_probs([lp], labels)[0]
     assert len(tags) == n
     assert valid_iob2(tags)
-
-
-class FakeTokenizer:
-    """Every word splits into as many sub-tokens as it has characters (ids 10+)."""
-
-    vocab_size, pad_id, cls_id, sep_id, mask_id, unk_id = 100, 0, 2, 3, 4, 1
-
-    def encode_words(self, words: Sequence[str]) -> list[list[int]]:
-        return [[10 + (ord(c) % 80) for c in w] for w in words]
-
-    def save(self, directory: object) -> None:
-        raise NotImplementedError
 
 
 class TableModel(torch.nn.Module):

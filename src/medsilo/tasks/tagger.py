@@ -34,7 +34,14 @@ import numpy as np
 
 from medsilo.data.text import Sentence, text_words
 from medsilo.errors import DataError
-from medsilo.tasks.text import Decoding, TextModel, TextModelSpec, encode_tagging, predict_tags
+from medsilo.tasks.text import (
+    Decoding,
+    Encoded,
+    TextModel,
+    TextModelSpec,
+    encode_tagging,
+    predict_tags,
+)
 from medsilo.tasks.tokenizer import PretrainedTokenizer, PublicTokenizer, WordTokenizer
 
 FORMAT = "medsilo-tagger/1"
@@ -120,14 +127,18 @@ class Tagger:
         if not sentences:
             return []
         rows = [Sentence(tuple(w), ("O",) * len(w)) for w in sentences]
-        encoded = encode_tagging(
-            rows,
+        return predict_tags(self.model, self.encode(rows), self.labels, decoding)
+
+    def encode(self, sentences: Sequence[Sentence]) -> Encoded:
+        """``sentences`` windowed for this tagger (its tokenizer, labels, max_len and
+        overlap)."""
+        return encode_tagging(
+            sentences,
             self.tokenizer,
             self.labels,
             max_len=self.spec.max_len,
             overlap=self.spec.overlap,
         )
-        return predict_tags(self.model, encoded, self.labels, decoding)
 
     def tag_text(self, text: str) -> list[EntitySpan]:
         """Entities found in raw text, in order, as character spans of ``text``."""
