@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import REPO, fmt_mean_sd, md_table, mean_sd, write_results
+from _common import REPO, RESULTS, fmt_mean_sd, md_table, mean_sd, write_results
 
 from medsilo.tasks.deid import PHI_MAP
 
@@ -1319,6 +1319,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="diagnose/rounds/plateau: epochs; speed: timed steps per model size",
     )
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="e3c/deid/all: run seeds FIRST .. FIRST+SEEDS-1 (split a study across sessions)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="summarize the runs of these results files (benchmarks/results/NAME.json, "
+        "same preset, distinct seeds) as one result instead of training",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny model and data: a smoke run")
@@ -1433,6 +1447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results(args.name, "Clinical NER: federated rounds", text, result, started)
         print(text)
         return 0
+    if args.merge:
+        return _merge(args.merge, args.name, started)
     preset = PRESETS[args.preset or ("quick" if args.quick else "full")]
     experiments = ["e3c", "deid"] if args.experiment == "all" else [args.experiment]
     if args.tokenizer_text != "pubmed" and "e3c" in experiments:
@@ -1443,7 +1459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             preset = {**preset, "tokenizer_public": [_write_public(args, Path(split_dir))]}
         jobs = [
             (e, seed, s, preset, str(args.data), split_dir, args.device, args.save_models)
-            for seed in range(args.seeds)
+            for seed in range(args.first_seed, args.first_seed + args.seeds)
             for e in experiments
             for s in SETTINGS[e]
         ]
@@ -1465,16 +1481,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
         wall = time.perf_counter() - wall
-    body, data = (
-        [],
-        {
-            "runs": runs,
-            "preset": preset,
-            "device": args.device,
-            "workers": args.workers,
-            "wall_seconds": wall,
-        },
-    )
+    data = {
+        "runs": runs,
+        "preset": preset,
+        "device": args.device,
+        "workers": args.workers,
+        "wall_seconds": wall,
+    }
+    return _report(args.name, experiments, data, started)
+
+
+def _report(name: str, experiments: Sequence[str], data: dict[str, Any], started: datetime) -> int:
+    """Summarize ``data["runs"]`` per experiment (F1 per provider and setting, the goals,
+    learning curves, round times) into ``benchmarks/results/NAME.{md,json}``."""
+    runs = data["runs"]
+    body = []
     for e in experiments:
         text, summary = summarize(runs, e)
         data[e] = summary
@@ -1483,9 +1504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if e == "e3c"
             else "(b) De-identification, MEDDOCAN + GraSCCo"
         )
+        seeds = sorted({r["seed"] for r in runs if r["experiment"] == e})
         body.append(
             f"## {title}\n\nEntity-level F1 (seqeval strict IOB2, micro over types), "
-            f"mean ± sd over {args.seeds} seed(s).\n\n{text}"
+            f"mean ± sd over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}).\n\n{text}"
         )
     if any(r.get("curve") for r in runs):
         body.append(curve_markdown(runs))
@@ -1499,12 +1521,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     timing = (
         f"Wall time per federated round (all providers, one process, 1 thread, "
-        f"device {args.device}, {args.workers} jobs in parallel): MLM pretraining "
+        f"device {data['device']}, {data['workers']} jobs in parallel): MLM pretraining "
         f"{shown(pre)}, fine-tuning {shown(rounds)}."
     )
     body.append(f"## Cost\n\n{timing}")
     write_results(
-        args.name,
+        name,
         "Clinical entity tagging across providers (issue 8)",
         "\n\n".join(body),
         data,
@@ -1512,6 +1534,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("\n\n".join(body))
     return 0
+
+
+def _comparable(value: Any) -> Any:
+    """A preset as two runs of one configuration share it: the public tokenizer text is
+    written to a fresh temporary directory per run, so only its file names count."""
+    if isinstance(value, dict) and "tokenizer_public" in value:
+        return {**value, "tokenizer_public": [Path(p).name for p in value["tokenizer_public"]]}
+    return value
+
+
+def _merge(names: Sequence[str], name: str, started: datetime) -> int:
+    """One result from the runs of several results files (a study split across sessions
+    with ``--first-seed``). Refused, exit 2, unless every file ran the same preset on the
+    same device and no (experiment, seed, setting) appears twice."""
+    parts = []
+    for part in names:
+        path = RESULTS / f"{part}.json"
+        if not path.is_file():
+            print(f"ner --merge: {path} does not exist", file=sys.stderr)
+            return 2
+        parts.append(json.loads(path.read_text(encoding="utf-8")))
+    for part, other in zip(names[1:], parts[1:], strict=True):
+        for key in ("preset", "device"):
+            if _comparable(other[key]) != _comparable(parts[0][key]):
+                print(
+                    f"ner --merge: {part} ran a different {key} from {names[0]}; "
+                    "only runs of one configuration can be merged",
+                    file=sys.stderr,
+                )
+                return 2
+    runs = [r for part in parts for r in part["runs"]]
+    keys = [(r["experiment"], r["seed"], r["setting"]) for r in runs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        print(f"ner --merge: runs appear twice: {twice}", file=sys.stderr)
+        return 2
+    experiments = [e for e in ("e3c", "deid") if any(r["experiment"] == e for r in runs)]
+    data = {
+        "runs": runs,
+        "preset": parts[0]["preset"],
+        "device": parts[0]["device"],
+        "workers": sorted({p["workers"] for p in parts}),
+        "wall_seconds": sum(p["wall_seconds"] for p in parts),
+        "merged": list(names),
+    }
+    return _report(name, experiments, data, started)
 
 
 if __name__ == "__main__":

@@ -219,3 +219,32 @@ def test_learning_curve_scores_the_global_model_after_rounds(tmp_path: Path) -> 
     assert seen[-1][1] == result.scores["federated"]
     local = run_setting(study, data, "local:en", on_scores=lambda r, s: seen.append((r, s)))
     assert len(seen) == 2 and set(local.scores["local"]) == {"en"}  # score_every = 0: none
+
+
+def test_pooled_baseline_takes_the_federations_steps_per_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``local_steps = s`` and n providers a federated round costs n * s batches; the
+    pooled baseline trains with n * s steps a round (not s: a 1/n share, undertrained),
+    and a phase counted in epochs is left as it is."""
+    import medsilo.study.text as text_study
+
+    path = _fixture(tmp_path)
+    text = path.read_text().replace("lr = 0.05", "lr = 0.01\noptimizer = 'adamw'")
+    text = text.replace("[finetune]\nrounds = 2", "[finetune]\nrounds = 2\nlocal_steps = 3")
+    path.write_text(text)
+    study = load_text_study(path).model_copy(update={"baselines": ["pooled"]})
+    data = text_study.prepare(study)
+    seen: list[text_study.TextStudy] = []
+    run = text_study.run_pipeline
+
+    def recorded(s: text_study.TextStudy, *args: object, **kw: object) -> object:
+        seen.append(s)
+        return run(s, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(text_study, "run_pipeline", recorded)
+    text_study.run_setting(study, data, "pooled")
+    assert seen[0].finetune.local_steps == 6
+    assert seen[0].pretrain.local_steps is None
+    assert seen[0].pretrain.local_epochs == study.pretrain.local_epochs
+    assert study.finetune.local_steps == 3  # the study itself is unchanged

@@ -863,7 +863,7 @@ def run_setting(
         return SettingResult(scores, central.round_seconds)
     if setting == "pooled":
         pooled = run_pipeline(
-            study,
+            pooled_study(study, len(providers)),
             [_pool(providers)],
             tokenizer,
             labels,
@@ -935,6 +935,26 @@ def save_models(
         model = build_tagger(study.model, data.tokenizer, data.labels, seed=study.study.seed)
         set_weights(model, weights)
         Tagger(model, data.tokenizer, data.labels, study.model).save(directory / name, extra)
+
+
+def pooled_study(study: TextStudy, providers: int) -> TextStudy:
+    """The study as the pooled baseline trains it: as many optimizer steps per round as
+    the whole federation takes.
+
+    A federated round with ``local_steps = s`` costs ``s`` steps at each of the ``n``
+    providers, ``n * s`` batches in all; the pooled baseline holds every provider's rows
+    at one site, so its round takes ``n * s`` steps (and its AdamW schedule counts them).
+    Without this it would see a ``1/n`` share of the federation's batches and be
+    undertrained (a phase counted in ``local_epochs`` needs nothing: an epoch over the
+    pooled rows is already the providers' epochs together)."""
+    update = {}
+    for phase in ("pretrain", "finetune"):
+        section: PhaseSection = getattr(study, phase)
+        if section.local_steps is not None:
+            update[phase] = section.model_copy(
+                update={"local_steps": section.local_steps * providers}
+            )
+    return study.model_copy(update=update)
 
 
 def _pool(providers: Sequence[Corpus]) -> Corpus:
