@@ -1525,6 +1525,8 @@ def _report(name: str, experiments: Sequence[str], data: dict[str, Any], started
         f"{shown(pre)}, fine-tuning {shown(rounds)}."
     )
     body.append(f"## Cost\n\n{timing}")
+    if "merged" in data:
+        body.append("Merged from: " + ", ".join(f"`{n}`" for n in data["merged"]) + ".")
     write_results(
         name,
         "Clinical entity tagging across providers (issue 8)",
