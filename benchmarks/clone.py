@@ -145,6 +145,8 @@ def one_run(
         "attack_auroc": ev.summary["attack_auroc"],
         "attack_members": ev.attack["members"],
         "attack_non_members": ev.attack["non_members"],
+        "attack_null_mean": ev.attack["max_null_mean"],
+        "attack_p_value": ev.attack["max_p_value"],
         "rho": result.rho,
     }
 
@@ -541,6 +543,8 @@ def report(
                     col("distance_auroc"),
                     f"{statistics.fmean(attacks):.3f} [{low:.3f}, {high:.3f}]",
                     f"{null_se:.3f}",
+                    col("attack_null_mean"),
+                    col("attack_p_value"),
                     col("clone_seconds", 1),
                     col("peak_rss_mib", 0),
                 ]
@@ -604,6 +608,8 @@ def report(
         "dist. attack",
         "attack (max) [95 % CI]",
         "null SE",
+        "max at chance",
+        "max p",
         "clone s",
         "peak RSS MiB",
     ]
@@ -636,7 +642,10 @@ def report(
         "Attack AUROC 0.5 = no better than chance; 'attack (max)' is the larger of DOMIAS "
         "and the distance attack per seed, with a 95 % t-interval of its mean over seeds; "
         "'null SE' is the standard error of one attack AUROC at chance on that many members "
-        "and non-members (Hanley & McNeil 1982)."
+        "and non-members (Hanley & McNeil 1982); 'max at chance' is the mean of the same "
+        "maximum when membership carries no signal (999 label permutations per seed: above "
+        "0.5, since the larger of two attacks is biased upward) and 'max p' its permutation "
+        "p-value (`medsilo.clone.evaluate.max_auroc_null`; 'n/a': runs made before)."
         + (
             f" Runs re-summarized from {source} (.json; their dates and machines are there).\n\n"
             if source

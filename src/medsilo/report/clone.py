@@ -183,6 +183,15 @@ def render_page(result: Evaluation, title: str) -> str:
             [
                 ("DOMIAS-style density-ratio AUROC", f"{attack['domias_auroc']:.3f}"),
                 ("distance-to-clone AUROC", f"{attack['distance_auroc']:.3f}"),
+                (
+                    "the larger of the two when nothing leaks (permutation null: mean, 95th "
+                    "percentile)",
+                    f"{attack['max_null_mean']:.3f}, {attack['max_null_p95']:.3f}",
+                ),
+                (
+                    "p-value of the larger AUROC under that null",
+                    f"{attack['max_p_value']:.3f}",
+                ),
             ]
         ),
         "<p>Leakage (on the schema's bins; the holdout is the baseline: fresh patients "
