@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -438,6 +438,12 @@ def _meddocan_local(data: Path, sentences: int, seed: int) -> tuple[Any, Any, li
     return train, test, labels, tokenizer
 
 
+ARGMAX: Final = "argmax"
+"""Decoding of the diagnose, plateau and rounds experiments: their results were recorded
+before IOB2-constrained Viterbi became the default (session 6), with per-word argmax; they
+keep it so that their recorded figures reproduce."""
+
+
 def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str, Any]:
     """One local MEDDOCAN tagger (first ``sentences`` training sentences, PHI types mapped),
     trained the same way but for the optimizer: the SGD the first runs used (lr 0.05,
@@ -498,7 +504,8 @@ def diagnose(data: Path, sentences: int, epochs: int, seed: int = 0) -> dict[str
                     start_step=epoch * steps,
                 )
             seconds = time.perf_counter() - started
-            scores = entity_scores([s.tags for s in test], predict_tags(model, te, labels))
+            predicted = predict_tags(model, te, labels, ARGMAX)
+            scores = entity_scores([s.tags for s in test], predicted)
             curve.append({"epoch": epoch + 1, "loss": loss, "seconds": seconds, **scores})
             print(f"diagnose {optimizer} epoch {epoch + 1}: F1 {scores['f1']:.3f}", flush=True)
         curves[optimizer] = curve
@@ -580,7 +587,7 @@ def _plateau_job(args: tuple[int, str, int, int, int]) -> dict[str, Any]:
     moments: dict[str, Any] | None = None if restart else {}
     curve = [{"epoch": 0, "encoder_grad": encoder_grad()}]
     for epoch, loss, seconds in _adamw_epochs(model, x, y, epochs, seed, moments):
-        f1 = entity_scores([t.tags for t in test], predict_tags(model, te, labels))["f1"]
+        f1 = entity_scores([t.tags for t in test], predict_tags(model, te, labels, ARGMAX))["f1"]
         curve.append(
             {
                 "epoch": epoch + 1,
@@ -844,7 +851,7 @@ def _rounds_job(args: tuple[int, str, int, int, str]) -> dict[str, Any]:
         coordinator.aggregate(r, replies)
         losses.append([float(u.metrics["train_loss"]) for u in replies])  # type: ignore[union-attr]
     set_weights(first, coordinator.weights)
-    f1 = {p.name: tagging_scores(first, p, prepared.labels)["f1"] for p in providers}
+    f1 = {p.name: tagging_scores(first, p, prepared.labels, ARGMAX)["f1"] for p in providers}
     return {
         "config": name,
         "rounds": rounds,
