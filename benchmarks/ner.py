@@ -355,36 +355,35 @@ def summarize(runs: Sequence[dict[str, Any]], experiment: str) -> tuple[str, dic
             for provider, scores in rows.items():
                 per.setdefault(setting, {}).setdefault(provider, []).append(scores["f1"])
     settings = [s for s in ORDER if s in per]
-    providers = list(next(iter(per.values())))
+    providers = list(dict.fromkeys(p for rows in per.values() for p in rows))
+    # A setting that did not run for every provider (a study split with --settings) shows
+    # "-" there and no mean, and enters no goal.
+    complete = {s for s in settings if all(p in per[s] for p in providers)}
     rows = []
     for setting in settings:
-        means = [mean_sd(per[setting][p])[0] for p in providers]
-        rows.append(
-            [
-                setting,
-                *(fmt_mean_sd(per[setting][p]) for p in providers),
-                f"{sum(means) / len(means):.3f}",
-            ]
-        )
+        cells = [fmt_mean_sd(per[setting][p]) if p in per[setting] else "-" for p in providers]
+        means = [mean_sd(per[setting][p])[0] for p in providers if p in per[setting]]
+        shown = f"{sum(means) / len(means):.3f}" if setting in complete else "-"
+        rows.append([setting, *cells, shown])
     table = md_table(["setting", *providers, "mean"], rows)
 
     def mean(setting: str, provider: str) -> float:
         return mean_sd(per[setting][provider])[0]
 
     goals: dict[str, Any] = {}
-    if "federated+local" in per and "local" in per:
+    if {"federated+local", "local"} <= complete:
         goals["fed+local > local on every provider"] = all(
             mean("federated+local", p) > mean("local", p) for p in providers
         )
         gain = [mean("federated+local", p) - mean("federated", p) for p in providers]
         goals["local step gain (F1 points, mean)"] = round(100 * sum(gain) / len(gain), 2)
         goals["local step >= +1 F1 point"] = 100 * sum(gain) / len(gain) >= 1.0
-    if "central_public" in per and "federated+local" in per:
+    if {"central_public", "federated+local"} <= complete:
         goals["fed+local > central_public (mean)"] = sum(
             mean("federated+local", p) for p in providers
         ) > sum(mean("central_public", p) for p in providers)
-    if experiment == "deid":
-        best = max(mean(s, "meddocan") for s in settings)
+    if experiment == "deid" and "meddocan" in providers:
+        best = max(mean(s, "meddocan") for s in settings if "meddocan" in per[s])
         goals["MEDDOCAN PHI F1 (best setting)"] = round(best, 4)
         goals["MEDDOCAN PHI F1 >= 0.90"] = best >= 0.90
     data = {"f1": per, "goals": goals}
@@ -1333,6 +1332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="e3c/deid/all: run seeds FIRST .. FIRST+SEEDS-1 (split a study across sessions)",
     )
     parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=[],
+        metavar="SETTING",
+        help="e3c/deid: train only these settings (e.g. local:meddocan); the rest of the "
+        "seed can run in another session and be joined with --merge",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         default=[],
@@ -1460,6 +1467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = ["e3c", "deid"] if args.experiment == "all" else [args.experiment]
     if args.tokenizer_text != "pubmed" and "e3c" in experiments:
         parser.error("--tokenizer-text multilingual holds E3C's test text: deid only")
+    unknown = sorted(set(args.settings) - {s for e in experiments for s in SETTINGS[e]})
+    if unknown:
+        parser.error(
+            f"--settings: {', '.join(unknown)} not among "
+            f"{', '.join(s for e in experiments for s in SETTINGS[e])}"
+        )
     with tempfile.TemporaryDirectory() as split_dir:
         _split_grascco(args.data, Path(split_dir))
         if args.tokenizer_text != "pubmed":
@@ -1469,6 +1482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in range(args.first_seed, args.first_seed + args.seeds)
             for e in experiments
             for s in SETTINGS[e]
+            if not args.settings or s in args.settings
         ]
         if args.reuse_models:
             jobs = [
@@ -1511,10 +1525,9 @@ def _report(name: str, experiments: Sequence[str], data: dict[str, Any], started
             if e == "e3c"
             else "(b) De-identification, MEDDOCAN + GraSCCo"
         )
-        seeds = sorted({r["seed"] for r in runs if r["experiment"] == e})
         body.append(
             f"## {title}\n\nEntity-level F1 (seqeval strict IOB2, micro over types), "
-            f"mean ± sd over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}).\n\n{text}"
+            f"mean ± sd over {_seeds_line(runs, e)}.\n\n{text}"
         )
     if any(r.get("curve") for r in runs):
         body.append(curve_markdown(runs))
@@ -1543,6 +1556,20 @@ def _report(name: str, experiments: Sequence[str], data: dict[str, Any], started
     )
     print("\n\n".join(body))
     return 0
+
+
+def _seeds_line(runs: Sequence[dict[str, Any]], experiment: str) -> str:
+    """Which seeds the table's means are over: one list when every setting ran the same
+    seeds, else the seeds of each setting (a study split with ``--settings``)."""
+    per: dict[str, list[int]] = {}
+    for r in runs:
+        if r["experiment"] == experiment:
+            per.setdefault(r["setting"], []).append(r["seed"])
+    shown = {setting: ", ".join(map(str, sorted(seeds))) for setting, seeds in per.items()}
+    if len(set(shown.values())) == 1:
+        seeds = next(iter(shown.values()))
+        return f"{len(next(iter(per.values())))} seed(s) ({seeds})"
+    return "the seeds each setting ran: " + "; ".join(f"{k} {v}" for k, v in shown.items())
 
 
 def _comparable(value: Any) -> Any:
