@@ -1611,7 +1611,7 @@ def _merge(names: Sequence[str], name: str, started: datetime) -> int:
         "runs": runs,
         "preset": parts[0]["preset"],
         "device": parts[0]["device"],
-        "workers": sorted({p["workers"] for p in parts}),
+        "workers": " or ".join(map(str, sorted({p["workers"] for p in parts}))),
         "wall_seconds": sum(p["wall_seconds"] for p in parts),
         "merged": list(names),
     }
