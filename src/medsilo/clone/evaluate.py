@@ -211,7 +211,9 @@ def membership_attack(
     kernel density on a PCA projection of the one-hot codes. Half the holdout is the
     attacker's reference data, the other half the non-members; as many members are drawn
     from the real training rows. Also the distance attack (closer to the clone = member).
-    Returns both AUROCs (0.5 = the attacker learns nothing)."""
+    Returns both AUROCs (0.5 = the attacker learns nothing) and the chance level of the
+    larger one (:func:`max_auroc_null`: its mean and 95th percentile, and the larger
+    AUROC's permutation p-value)."""
     from sklearn.decomposition import PCA
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import KernelDensity
