@@ -21,6 +21,11 @@ E3C is CC BY-NC: it is read from there, never copied into the package.
 
     python benchmarks/ner.py                       # both experiments, 3 seeds
     python benchmarks/ner.py --quick --seeds 1     # minutes: smoke run
+
+A study too long for one sitting runs in parts (``--first-seed S --seeds K`` and/or
+``--settings SETTING ...``, each part its own ``--name``), then ``--merge PART ... --name
+WHOLE`` summarizes the parts' runs as one result (refused, exit 2, for parts of another
+preset or device, or a run found twice).
 """
 
 from __future__ import annotations
