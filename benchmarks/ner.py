@@ -1472,12 +1472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiments = ["e3c", "deid"] if args.experiment == "all" else [args.experiment]
     if args.tokenizer_text != "pubmed" and "e3c" in experiments:
         parser.error("--tokenizer-text multilingual holds E3C's test text: deid only")
-    unknown = sorted(set(args.settings) - {s for e in experiments for s in SETTINGS[e]})
+    available = [s for e in experiments for s in SETTINGS[e]]
+    unknown = sorted(set(args.settings) - set(available))
     if unknown:
-        parser.error(
-            f"--settings: {', '.join(unknown)} not among "
-            f"{', '.join(s for e in experiments for s in SETTINGS[e])}"
-        )
+        parser.error(f"--settings: {', '.join(unknown)} not among {', '.join(available)}")
     with tempfile.TemporaryDirectory() as split_dir:
         _split_grascco(args.data, Path(split_dir))
         if args.tokenizer_text != "pubmed":
