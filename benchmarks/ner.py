@@ -169,6 +169,16 @@ PRESETS["rounds_2e-3"] = {
     },
 }
 
+# "rounds" with a validation split at every provider (15% of its training sentences, held
+# out of every setting) that chooses each local step's length, 0 to 5 epochs, by entity F1
+# (``[validation]``, docs/text.md): early stopping on the provider's own data instead of a
+# fixed epoch count. The local-only baselines choose theirs the same way.
+PRESETS["rounds_val"] = {
+    **PRESETS["rounds"],
+    "local_step": {"fine_tune_epochs": 5, "fine_tune_lr": 5e-4},
+    "validation": {"fraction": 0.15},
+}
+
 # The whole MEDDOCAN training set (16,228 sentences, ~21,000 windows: ~660 AdamW steps per
 # epoch) and GraSCCo's 80% split, after the O-prior fix (docs/text.md, "Why uninterrupted
 # AdamW stalled"): rounds of 66 steps (a tenth of a MEDDOCAN epoch), Adam's moments kept
@@ -252,6 +262,7 @@ def _study(
             "pretrain": preset["pretrain"],
             "finetune": preset["finetune"],
             "local_step": preset["local_step"],
+            "validation": preset.get("validation"),
             "baselines": baselines,
         }
     )
@@ -288,6 +299,8 @@ def _job(args: tuple[str, int, str, dict[str, Any], str, str, str, str]) -> dict
         "curve": curve,
         "round_seconds": result.round_seconds,
         "mlm_loss": result.mlm_loss,
+        # the local step's epochs, when a validation split chose them
+        "local_epochs": result.local_epochs if study.validation is not None else {},
         "seconds": time.perf_counter() - started,
         "rows": {
             p.name: len(p.tagging) if p.tagging is not None else 0 for p in prepared.providers
@@ -391,9 +404,33 @@ def summarize(runs: Sequence[dict[str, Any]], experiment: str) -> tuple[str, dic
         best = max(mean(s, "meddocan") for s in settings if "meddocan" in per[s])
         goals["MEDDOCAN PHI F1 (best setting)"] = round(best, 4)
         goals["MEDDOCAN PHI F1 >= 0.90"] = best >= 0.90
-    data = {"f1": per, "goals": goals}
+    chosen = _chosen_epochs(runs, experiment)
+    data = {"f1": per, "goals": goals, "local_epochs": chosen}
     text = table + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in goals.items())
+    if chosen:
+        lines = [
+            f"- {setting}: " + ", ".join(f"{p} {'/'.join(map(str, e))}" for p, e in rows.items())
+            for setting, rows in chosen.items()
+        ]
+        text += (
+            "\n\nLocal-step epochs chosen on each provider's validation split (one number "
+            "per seed, in seed order):\n\n" + "\n".join(lines)
+        )
     return text, data
+
+
+def _chosen_epochs(
+    runs: Sequence[dict[str, Any]], experiment: str
+) -> dict[str, dict[str, list[int]]]:
+    """setting -> provider -> the local step's epochs per seed (runs with validation)."""
+    chosen: dict[str, dict[str, list[int]]] = {}
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        if run["experiment"] != experiment:
+            continue
+        for setting, rows in run.get("local_epochs", {}).items():
+            for provider, epochs in rows.items():
+                chosen.setdefault(setting, {}).setdefault(provider, []).append(epochs)
+    return chosen
 
 
 def curve_markdown(runs: Sequence[dict[str, Any]]) -> str:

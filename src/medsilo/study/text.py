@@ -165,6 +165,22 @@ class PhaseSection(_Section):
         )
 
 
+class ValidationSection(_Section):
+    """A validation split at every provider, carved from its own training data, that
+    chooses how long its local step runs.
+
+    Each provider holds out ``fraction`` of its training documents (of its sentences when
+    the corpus marks no documents: ``-DOCSTART-`` lines, brat files), drawn from the study
+    seed; they are never trained on, in any setting. The local step (federated + local and
+    each local-only baseline) then runs its ``fine_tune_epochs`` one epoch at a time and
+    keeps the model of the epoch count ``0 .. fine_tune_epochs`` (0: the model it started
+    from) with the best entity F1 on that split: early stopping on the provider's own data,
+    never on the test split. Non-private studies only: the choice reads the held-out rows
+    without noise, which DP-SGD's accounting does not cover."""
+
+    fraction: float = Field(default=0.15, gt=0, lt=1)
+
+
 class TokenizerSection(_Section):
     source: str | None = None
     """Hub name or local directory of a pretrained tokenizer; None: learn a byte-level BPE
@@ -212,6 +228,7 @@ class TextStudy(_Section):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     baselines: list[Setting] = Field(default_factory=lambda: list(SETTINGS))
     privacy: PrivacySection | None = None
+    validation: ValidationSection | None = None
 
     @model_validator(mode="after")
     def _fits(self) -> TextStudy:
@@ -243,6 +260,16 @@ class TextStudy(_Section):
                     f"{phase}.local_steps: steps per round are for optimizer = 'adamw'; "
                     "with SGD set local_epochs"
                 )
+        if self.validation is not None and self.privacy is not None:
+            raise ValueError(
+                "validation: choosing the local step's length on held-out rows is not "
+                "covered by the DP accounting; remove [validation] from a [privacy] study"
+            )
+        if self.validation is not None and not self.local_step.enabled:
+            raise ValueError(
+                "validation: it chooses the local step's length; set [local_step] "
+                "fine_tune_epochs >= 1 (the most epochs it may choose)"
+            )
         if self.strategy.name == "fedltn":
             raise ValueError("strategy.name: 'fedltn' is not available for text studies")
         return self
@@ -342,6 +369,30 @@ class Corpus:
     mlm: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     tagging: Encoded | None = None
     test_encoded: Encoded | None = None
+    validation: list[Sentence] = field(default_factory=list)
+    """Held out of ``train`` by ``[validation]`` (empty without it)."""
+    validation_encoded: Encoded | None = None
+
+
+def hold_out(
+    sentences: Sequence[Sentence], fraction: float, seed: int, where: str
+) -> tuple[list[Sentence], list[Sentence]]:
+    """Split ``sentences`` into (train, validation) by whole documents, a random
+    ``fraction`` of them (at least one) held out; a sentence with no document is its own
+    group. Order within each part is kept."""
+    groups = list(dict.fromkeys(s.document or f"#{i}" for i, s in enumerate(sentences)))
+    if len(groups) < 2:
+        raise DataError(
+            f"{where}: a validation split needs at least 2 documents or sentences, found "
+            f"{len(groups)}; add training data or remove [validation]"
+        )
+    count = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+    rng = np.random.default_rng(seed)
+    held = {groups[i] for i in rng.choice(len(groups), size=count, replace=False)}
+    keys = [s.document or f"#{i}" for i, s in enumerate(sentences)]
+    train = [s for s, k in zip(sentences, keys, strict=True) if k not in held]
+    validation = [s for s, k in zip(sentences, keys, strict=True) if k in held]
+    return train, validation
 
 
 def _encode(
@@ -352,6 +403,8 @@ def _encode(
     corpus.tagging = encode_tagging(corpus.train, tokenizer, labels, alignment=spec.alignment, **kw)
     if corpus.test:
         corpus.test_encoded = encode_tagging(corpus.test, tokenizer, labels, **kw)
+    if corpus.validation:
+        corpus.validation_encoded = encode_tagging(corpus.validation, tokenizer, labels, **kw)
     return corpus
 
 
@@ -453,13 +506,22 @@ class TextSite(Site):
 
 
 def tagging_scores(
-    model: torch.nn.Module, corpus: Corpus, labels: Sequence[str], decoding: Decoding = "viterbi"
+    model: torch.nn.Module,
+    corpus: Corpus,
+    labels: Sequence[str],
+    decoding: Decoding = "viterbi",
+    split: Literal["test", "validation"] = "test",
 ) -> dict[str, float]:
-    """Entity-level scores of ``model`` on ``corpus``'s test split (tags decoded as
-    :func:`~medsilo.tasks.text.predict_tags` does)."""
-    assert corpus.test_encoded is not None
-    predicted = predict_tags(model, corpus.test_encoded, labels, decoding)
-    return entity_scores([s.tags for s in corpus.test], predicted)
+    """Entity-level scores of ``model`` on ``corpus``'s test (or validation) split (tags
+    decoded as :func:`~medsilo.tasks.text.predict_tags` does)."""
+    sentences, encoded = (
+        (corpus.test, corpus.test_encoded)
+        if split == "test"
+        else (corpus.validation, corpus.validation_encoded)
+    )
+    assert encoded is not None
+    predicted = predict_tags(model, encoded, labels, decoding)
+    return entity_scores([s.tags for s in sentences], predicted)
 
 
 # ------------------------------------------------------------------------ pipeline
@@ -473,6 +535,9 @@ class PipelineResult:
     """Each member's model after the local step (empty when it is off)."""
     round_seconds: dict[str, list[float]]
     mlm_loss: list[float]
+    local_epochs: dict[str, int] = field(default_factory=dict)
+    """Each member's local-step epochs (chosen on its validation split with
+    ``[validation]``)."""
 
 
 def open_ledgers(
@@ -514,23 +579,76 @@ def _adamw(phase: PhaseSection, rows: int) -> AdamWSchedule | None:
     return phase.schedule(rows) if phase.optimizer == "adamw" else None
 
 
-def _adamw_local_step(
-    study: TextStudy, site: TextSite, x: torch.Tensor, y: torch.Tensor, round_: int
-) -> dict[str, np.ndarray]:
-    """The local step with AdamW (its own warmup and decay over its epochs)."""
+def _local_step(
+    study: TextStudy,
+    site: TextSite,
+    member: Corpus,
+    labels: Sequence[str],
+    round_: int,
+) -> tuple[dict[str, np.ndarray], int]:
+    """The local step at one provider, from the model in ``site.model``: its weights and
+    the epochs they took.
+
+    AdamW sites (non-private) train with their own warmup and decay over
+    ``fine_tune_epochs``; SGD and DP-SGD sites use :func:`~medsilo.fed.personalization.
+    fine_tune` (DP steps recorded in the site's ledger as release ``round_``). With
+    ``[validation]`` the epochs run one at a time and the epoch count ``0 ..
+    fine_tune_epochs`` with the best entity F1 on the provider's validation split is kept
+    (ties: fewer epochs); AdamW's schedule still spans every epoch, so stopping after
+    ``k`` is the prefix of the full run, and SGD's momentum restarts each epoch."""
     spec = study.local_step
-    schedule = study.finetune.schedule(len(y), spec.fine_tune_epochs, spec.fine_tune_lr)
-    with frozen_except(site.model, trainable_keys(site.model, spec.layers)):
-        train_adamw(
-            site.model,
-            x,
-            y,
-            schedule,
-            epochs=spec.fine_tune_epochs,
-            batch_size=study.finetune.batch_size,
-            seed=derive_seed(study.study.seed, site.index, round_, 9),
-        )
-    return get_weights(site.model)
+    x, y = site._tensors["train"]
+    seed = derive_seed(study.study.seed, site.index, round_, 9)
+    if site.adamw is not None and site.dp is None:
+        schedule = study.finetune.schedule(len(y), spec.fine_tune_epochs, spec.fine_tune_lr)
+        per_epoch = -(-len(y) // study.finetune.batch_size)
+        moments: dict[str, Any] = {}
+
+        def train(epochs: int, done: int) -> None:
+            with frozen_except(site.model, trainable_keys(site.model, spec.layers)):
+                train_adamw(
+                    site.model,
+                    x,
+                    y,
+                    schedule,
+                    batch_size=study.finetune.batch_size,
+                    seed=seed,
+                    start_step=done * per_epoch,
+                    steps=epochs * per_epoch,
+                    moments=moments,
+                )
+
+    else:
+
+        def train(epochs: int, done: int) -> None:
+            result = fine_tune(
+                site.model,
+                x,
+                y,
+                spec.model_copy(update={"fine_tune_epochs": epochs}),
+                study.finetune.config(),
+                seed=seed if done == 0 else derive_seed(seed, done),
+                round=round_,
+                dp=site.dp if isinstance(site.dp, LocalDp) else None,
+            )
+            if result.refused is not None:
+                raise ConfigError(f"provider {member.name}: local step refused: {result.refused}")
+
+    if study.validation is None or member.validation_encoded is None:
+        train(spec.fine_tune_epochs, 0)
+        return get_weights(site.model), spec.fine_tune_epochs
+
+    def f1() -> float:
+        return tagging_scores(site.model, member, labels, split="validation")["f1"]
+
+    best, best_f1, best_epochs = get_weights(site.model), f1(), 0
+    for done in range(spec.fine_tune_epochs):
+        train(1, done)
+        score = f1()
+        if score > best_f1:
+            best, best_f1, best_epochs = get_weights(site.model), score, done + 1
+    set_weights(site.model, best)
+    return best, best_epochs
 
 
 def run_pipeline(
@@ -656,29 +774,16 @@ def run_pipeline(
         on_weights=on_finetune_round,
     )
     personalized: dict[str, dict[str, np.ndarray]] = {}
+    local_epochs: dict[str, int] = {}
     if local_step and study.local_step.enabled:
         round_ = offset + study.finetune.rounds + 1
-        for name, site in sites.items():
+        for member in members:
+            site = sites[member.name]
             set_weights(site.model, weights)
-            x, y = site._tensors["train"]
-            if site.adamw is not None and site.dp is None:
-                personalized[name] = _adamw_local_step(study, site, x, y, round_)
-                continue
-            config = study.finetune.config()
-            result = fine_tune(
-                site.model,
-                x,
-                y,
-                study.local_step,
-                config,
-                seed=derive_seed(seed, site.index, round_, 9),
-                round=round_,
-                dp=site.dp if isinstance(site.dp, LocalDp) else None,
+            personalized[member.name], local_epochs[member.name] = _local_step(
+                study, site, member, labels, round_
             )
-            if result.refused is not None:
-                raise ConfigError(f"provider {name}: local step refused: {result.refused}")
-            personalized[name] = result.weights
-    return PipelineResult(weights, personalized, seconds, mlm_loss)
+    return PipelineResult(weights, personalized, seconds, mlm_loss, local_epochs)
 
 
 # ----------------------------------------------------------------------------- study
@@ -696,6 +801,9 @@ class TextStudyResult:
     """Each provider's epsilon spent (federated pipeline, DP only)."""
     mlm_loss: list[float]
     seconds: float
+    local_epochs: dict[str, dict[str, int]] = field(default_factory=dict)
+    """setting -> provider -> the local step's epochs (chosen on validation with
+    ``[validation]``)."""
 
     def mean_f1(self, setting: str) -> float:
         rows = self.scores[setting]
@@ -710,6 +818,7 @@ class TextStudyResult:
             "epsilon": self.epsilon,
             "mlm_loss": self.mlm_loss,
             "seconds": self.seconds,
+            "local_epochs": self.local_epochs,
         }
 
 
@@ -727,12 +836,23 @@ def build_tokenizer(study: TextStudy) -> WordTokenizer:
 
 
 def load_corpora(study: TextStudy) -> tuple[list[Corpus], Corpus | None]:
+    """The providers' corpora (each with its validation split under ``[validation]``,
+    drawn from the study seed and the provider's position) and the public one."""
+
     def one(name: str, section: CorpusSection) -> Corpus:
         train = read_corpus(section.train, section)[: section.max_sentences]
         test = read_corpus(section.test, section) if section.test else []
         return Corpus(name, train, test)
 
     providers = [one(n, s) for n, s in study.providers.items()]
+    if study.validation is not None:
+        for index, corpus in enumerate(providers):
+            corpus.train, corpus.validation = hold_out(
+                corpus.train,
+                study.validation.fraction,
+                derive_seed(study.study.seed, index, 11),
+                f"providers.{corpus.name}",
+            )
     public = one("public", study.public) if study.public is not None else None
     return providers, public
 
@@ -767,6 +887,8 @@ class SettingResult:
     mlm_loss: list[float] = field(default_factory=list)
     models: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     """``federated`` and ``federated+local/<provider>``: the trained weights."""
+    local_epochs: dict[str, dict[str, int]] = field(default_factory=dict)
+    """setting (``federated+local``, ``local``) -> provider -> local-step epochs."""
 
 
 def settings_of(study: TextStudy) -> list[str]:
@@ -831,7 +953,8 @@ def run_setting(
             }
         models = {"federated": fed.weights}
         models.update({f"federated+local/{n}": w for n, w in fed.personalized.items()})
-        return SettingResult(scores, fed.round_seconds, fed.mlm_loss, models)
+        epochs = {"federated+local": fed.local_epochs} if fed.local_epochs else {}
+        return SettingResult(scores, fed.round_seconds, fed.mlm_loss, models, epochs)
     if setting.startswith("local:"):
         p = next((c for c in providers if c.name == setting[6:]), None)
         if p is None:
@@ -847,7 +970,11 @@ def run_setting(
             on_finetune_round=curve([p]),
         )
         final = alone.personalized.get(p.name, alone.weights)
-        return SettingResult({"local": {p.name: score(final, p)}}, alone.round_seconds)
+        return SettingResult(
+            {"local": {p.name: score(final, p)}},
+            alone.round_seconds,
+            local_epochs={"local": alone.local_epochs} if alone.local_epochs else {},
+        )
     if setting == "central_public":
         if data.public is None:
             raise ConfigError("central_public needs a [public] corpus")
@@ -896,6 +1023,7 @@ def run_text_study(study: TextStudy, out_dir: Path | None = None) -> TextStudyRe
     scores: dict[str, dict[str, dict[str, float]]] = {}
     times: dict[str, dict[str, list[float]]] = {}
     mlm_loss: list[float] = []
+    local_epochs: dict[str, dict[str, int]] = {}
     try:
         for setting in settings_of(study):
             owned = ledgers if setting == "federated" else baseline_ledgers
@@ -904,6 +1032,8 @@ def run_text_study(study: TextStudy, out_dir: Path | None = None) -> TextStudyRe
                 scores.setdefault(name, {}).update(rows)
             times[setting] = result.round_seconds
             mlm_loss += result.mlm_loss
+            for name, chosen in result.local_epochs.items():
+                local_epochs.setdefault(name, {}).update(chosen)
             if study.study.save_model and out_dir is not None:
                 save_models(study, data, result.models, out_dir / "models")
         epsilon = {n: float(led.epsilon_spent()) for n, (led, _) in (ledgers or {}).items()}
@@ -911,7 +1041,7 @@ def run_text_study(study: TextStudy, out_dir: Path | None = None) -> TextStudyRe
         for pair in (*(ledgers or {}).values(), *(baseline_ledgers or {}).values()):
             pair[0].close()
     out = TextStudyResult(
-        scores, data.labels, times, epsilon, mlm_loss, time.perf_counter() - started
+        scores, data.labels, times, epsilon, mlm_loss, time.perf_counter() - started, local_epochs
     )
     if out_dir is not None:
         atomic_write_json(out_dir / "results.json", out.to_json())
