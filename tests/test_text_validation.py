@@ -133,13 +133,20 @@ def test_local_step_keeps_the_epoch_with_the_best_validation_f1(
         np.testing.assert_array_equal(value, result.weights[key])  # the federated model
 
 
-def test_study_records_the_chosen_epochs(tmp_path: Path) -> None:
+def test_text_run_records_and_prints_the_chosen_epochs(tmp_path: Path) -> None:
+    """``medsilo text run`` on a study with ``[validation]``: results.json has each
+    setting's chosen epochs, and the command prints them."""
+    from typer.testing import CliRunner
+
+    from medsilo.cli.main import app
+
     path = _fixture(tmp_path, VALIDATION)
-    path.write_text(path.read_text().replace("fine_tune_epochs = 1", "fine_tune_epochs = 2"))
-    study = load_text_study(path).model_copy(update={"baselines": ["local"]})
-    result = text_study.run_text_study(study, tmp_path / "out")
-    assert set(result.local_epochs) == {"federated+local", "local"}
-    for rows in result.local_epochs.values():
-        assert set(rows) == {"en", "es"} and all(0 <= e <= 2 for e in rows.values())
+    text = path.read_text().replace("fine_tune_epochs = 1", "fine_tune_epochs = 2")
+    path.write_text("baselines = ['local']\n" + text)
+    result = CliRunner().invoke(app, ["text", "run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["local_epochs"] == result.local_epochs
+    assert set(saved["local_epochs"]) == {"federated+local", "local"}
+    for rows in saved["local_epochs"].values():
+        assert set(rows) == {"en", "es"} and all(0 <= e <= 2 for e in rows.values())
+    assert "federated+local: local-step epochs chosen on validation (en " in result.output

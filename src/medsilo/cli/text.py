@@ -68,11 +68,16 @@ def run(
     """Federated MLM pretraining -> federated fine-tuning -> local step, and baselines."""
     from medsilo.study.text import load_text_study, run_text_study
 
-    result = run_text_study(load_text_study(study), out)
+    spec = load_text_study(study)
+    result = run_text_study(spec, out)
     if as_json:
         console.print_json(json.dumps(result.to_json()))
         return
     for setting in result.scores:
         row = ", ".join(f"{p} {s['f1']:.3f}" for p, s in result.scores[setting].items())
         console.print(f"{setting}: mean F1 {result.mean_f1(setting):.3f} ({row})", highlight=False)
+    if spec.validation is not None:
+        for setting, chosen in result.local_epochs.items():
+            row = ", ".join(f"{p} {e}" for p, e in chosen.items())
+            console.print(f"{setting}: local-step epochs chosen on validation ({row})")
     console.print(f"results: {out / 'results.json'}", highlight=False)
