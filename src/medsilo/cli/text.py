@@ -79,5 +79,7 @@ def run(
     if spec.validation is not None:
         for setting, chosen in result.local_epochs.items():
             row = ", ".join(f"{p} {e}" for p, e in chosen.items())
-            console.print(f"{setting}: local-step epochs chosen on validation ({row})")
+            console.print(
+                f"{setting}: local-step epochs chosen on validation ({row})", highlight=False
+            )
     console.print(f"results: {out / 'results.json'}", highlight=False)

@@ -5,7 +5,9 @@ models for medical transcript analysis", CHIL 2023, PMLR 209) as one study file.
    its own text (heterogeneous sizes: FedAvg weights by rows);
 2. federated fine-tuning of the pretrained encoder for entity tagging;
 3. a final local training step at each provider (:func:`medsilo.fed.personalization.
-   fine_tune`), evaluated on its own test split.
+   fine_tune`), evaluated on its own test split; with ``[validation]`` its length is
+   chosen on a split held out of the provider's own training data
+   (:class:`ValidationSection`).
 
 Baselines in the same run, each with the same phases and epochs: ``local`` (each provider
 alone: its own MLM pretraining, fine-tuning and the local step's epochs), ``central_public``
