@@ -22,6 +22,12 @@ E3C is CC BY-NC: it is read from there, never copied into the package.
     python benchmarks/ner.py                       # both experiments, 3 seeds
     python benchmarks/ner.py --quick --seeds 1     # minutes: smoke run
 
+The recorded results that meet the goals (docs/benchmarks.md, "Clinical entity tagging"):
+
+    python benchmarks/ner.py --preset rounds_val --experiment e3c            # (a)
+    python benchmarks/ner.py --preset full_data_8ep_all --experiment deid \
+        --tokenizer-text multilingual                                         # (b)
+
 A study too long for one sitting runs in parts (``--first-seed S --seeds K`` and/or
 ``--settings SETTING ...``, each part its own ``--name``), then ``--merge PART ... --name
 WHOLE`` summarizes the parts' runs as one result (refused, exit 2, for parts of another
