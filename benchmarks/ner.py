@@ -24,9 +24,9 @@ E3C is CC BY-NC: it is read from there, never copied into the package.
 
 The recorded results that meet the goals (docs/benchmarks.md, "Clinical entity tagging"):
 
-    python benchmarks/ner.py --preset rounds_val --experiment e3c            # (a)
-    python benchmarks/ner.py --preset full_data_8ep_all --experiment deid \
-        --tokenizer-text multilingual                                         # (b)
+    python benchmarks/ner.py --preset rounds_val --experiment e3c      # (a)
+    python benchmarks/ner.py --preset full_data_8ep_all --experiment deid
+        --tokenizer-text multilingual                                   # (b), one line
 
 A study too long for one sitting runs in parts (``--first-seed S --seeds K`` and/or
 ``--settings SETTING ...``, each part its own ``--name``), then ``--merge PART ... --name
