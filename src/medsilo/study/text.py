@@ -382,7 +382,8 @@ def hold_out(
     """Split ``sentences`` into (train, validation) by whole documents, a random
     ``fraction`` of them (at least one) held out; a sentence with no document is its own
     group. Order within each part is kept."""
-    groups = list(dict.fromkeys(s.document or f"#{i}" for i, s in enumerate(sentences)))
+    keys = [s.document or f"#{i}" for i, s in enumerate(sentences)]
+    groups = list(dict.fromkeys(keys))
     if len(groups) < 2:
         raise DataError(
             f"{where}: a validation split needs at least 2 documents or sentences, found "
@@ -391,7 +392,6 @@ def hold_out(
     count = min(len(groups) - 1, max(1, round(fraction * len(groups))))
     rng = np.random.default_rng(seed)
     held = {groups[i] for i in rng.choice(len(groups), size=count, replace=False)}
-    keys = [s.document or f"#{i}" for i, s in enumerate(sentences)]
     train = [s for s, k in zip(sentences, keys, strict=True) if k not in held]
     validation = [s for s, k in zip(sentences, keys, strict=True) if k in held]
     return train, validation
